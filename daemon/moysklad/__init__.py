@@ -1,0 +1,1 @@
+"""MoySklad connector over JSON API 1.2."""

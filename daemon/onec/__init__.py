@@ -1,0 +1,1 @@
+"""1C:UT 11 connector over the standard OData interface."""

@@ -1,0 +1,25 @@
+"""The ``[onec]`` section of config.toml."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+
+class OneCSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: AnyHttpUrl = Field(
+        description="Root of the OData publication, ending in /odata/standard.odata/"
+    )
+    username: str = Field(min_length=1, description="1C user (UTF-8); password is a secret")
+    ut_version: Literal["auto", "11.4", "11.5"] = "auto"
+    organization: str = Field(default="", description="Организация name; empty = the only one")
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    connect_timeout_s: float = Field(default=15.0, gt=0)
+    max_concurrency: int = Field(default=4, ge=1, le=32)
+    page_size: int = Field(default=1000, ge=1, le=10000)
+    warehouse_keys: dict[str, str] = Field(
+        default_factory=dict, description="Pinned Ref_Key per warehouse name"
+    )
