@@ -264,8 +264,9 @@ def _expected(error: Mapping[str, Any]) -> str:
     message = str(error["msg"])
     message = message.removeprefix("Value error, ")
     given = error.get("input")
+    message = message.replace("Input should be ", "expected ", 1)
     if kind != "value_error" and not isinstance(given, dict | list):
-        return f"expected {message[0].lower()}{message[1:]}, got {given!r}"
+        return f"{message}, got {given!r}"
     return f"expected {message}" if kind == "value_error" else message
 
 

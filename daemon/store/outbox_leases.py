@@ -33,6 +33,7 @@ class ClaimedEntry:
     outcome_unknown: bool  # True: an earlier attempt may have created it; look up first
     created_at: float
     lease_until: float
+    last_error: str | None  # why the previous attempt failed, if one did
 
     def document(self) -> Document:
         """The stored document; raises ``pydantic.ValidationError`` if it cannot be read."""
@@ -67,7 +68,7 @@ WHERE id IN (
     LIMIT :limit
 )
 RETURNING id, run_id, kind, idempotency_key, payload_json, attempts, outcome_unknown,
-          created_at, lease_until
+          created_at, lease_until, last_error
 """
 
 
@@ -109,6 +110,7 @@ async def claim_due(
             outcome_unknown=bool(row["outcome_unknown"]),
             created_at=float(row["created_at"]),
             lease_until=float(row["lease_until"]),
+            last_error=row["last_error"],
         )
         for row in rows
     ]

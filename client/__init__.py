@@ -1,0 +1,1 @@
+"""hubctl: the operator client for hubd."""

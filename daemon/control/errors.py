@@ -1,0 +1,97 @@
+"""The one place where hub errors become gRPC status codes with one clear sentence."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from daemon.errors import (
+    ConfigError,
+    ConnectorError,
+    HubError,
+    InvalidStateError,
+    NotFoundError,
+    RunFailedError,
+    StoreError,
+)
+
+_log = structlog.get_logger(__name__)
+
+
+class DrainingError(HubError):
+    """The daemon is shutting down and accepts no new work."""
+
+
+class BadArgumentError(HubError):
+    """A request argument is missing or invalid."""
+
+
+_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (BadArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (InvalidStateError, grpc.StatusCode.FAILED_PRECONDITION),
+    (DrainingError, grpc.StatusCode.UNAVAILABLE),
+    (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (RunFailedError, grpc.StatusCode.ABORTED),
+    (ConnectorError, grpc.StatusCode.UNAVAILABLE),
+    (StoreError, grpc.StatusCode.INTERNAL),
+]
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            text = exc.describe() if isinstance(exc, ConnectorError) else str(exc)
+            return code, text
+    return grpc.StatusCode.INTERNAL, "internal error in hubd; see its log for details"
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self = TypeVar("Self")
+
+
+def unary(
+    method: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    @functools.wraps(method)
+    async def wrapper(
+        self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Resp:
+        try:
+            return await method(self, request, context)
+        except HubError as exc:
+            code, text = status_for(exc)
+            await context.abort(code, text)
+        except Exception:
+            _log.exception("rpc_failed", rpc=method.__name__)
+            code, text = status_for(Exception())
+            await context.abort(code, text)
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+def streaming(
+    method: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]:
+    @functools.wraps(method)
+    async def wrapper(
+        self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Resp]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except HubError as exc:
+            code, text = status_for(exc)
+            await context.abort(code, text)
+        except Exception:
+            _log.exception("rpc_failed", rpc=method.__name__)
+            code, text = status_for(Exception())
+            await context.abort(code, text)
+
+    return wrapper
