@@ -128,6 +128,7 @@ class CustomerOrderDocument(_Document):
     description: str
     target_name: str
     lines: tuple[OrderLine, ...]
+    target_key: str = ""  # 1C Ref_Key of the target warehouse the order replenishes
 
 
 Document = TransferOrderDocument | CustomerOrderDocument
