@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from pydantic import ValidationError
@@ -31,8 +32,12 @@ from pydantic import ValidationError
 from daemon.backoff import full_jitter_delay
 from daemon.config import OutboxSection
 from daemon.errors import ConnectorError, OutcomeUnknownError, PermanentError, TransientError
-from daemon.model import DeliveredDocument, Document, TransferOrderDocument
-from daemon.ports import MoySkladPort, OneCPort
+from daemon.model import (
+    CustomerOrderDocument,
+    DeliveredDocument,
+    Document,
+    TransferOrderDocument,
+)
 from daemon.store.database import Database
 from daemon.store.outbox import KIND_MOYSKLAD, KIND_ONEC
 from daemon.store.outbox_leases import (
@@ -50,6 +55,22 @@ logger = structlog.get_logger(__name__)
 # When the database says a row is due but nothing could be claimed (another processor took it
 # between the two queries), wait this long rather than spinning.
 _MIN_IDLE_S = 0.05
+
+
+class TransferOrderSink(Protocol):
+    """The one method of ``daemon.ports.OneCPort`` the processor uses."""
+
+    async def deliver_transfer_order(
+        self, doc: TransferOrderDocument, *, look_up_first: bool
+    ) -> DeliveredDocument: ...
+
+
+class CustomerOrderSink(Protocol):
+    """The one method of ``daemon.ports.MoySkladPort`` the processor uses."""
+
+    async def deliver_customer_order(
+        self, doc: CustomerOrderDocument, *, look_up_first: bool
+    ) -> DeliveredDocument: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +96,9 @@ def _unreadable(exc: ValidationError | ValueError) -> str:
 class OutboxProcessor:
     """Delivers due outbox rows through the connector ports.
 
+    ``onec`` and ``moysklad`` are the connectors (any ``OneCPort`` / ``MoySkladPort`` will do;
+    only their deliver methods are used).
+
     ``run()`` is the long-lived loop: it drains every ``settings.interval_s``, sooner when a
     retry falls due, and at once after ``wake()``. ``drain_once()`` delivers everything due now.
     """
@@ -83,8 +107,8 @@ class OutboxProcessor:
         self,
         db: Database,
         settings: OutboxSection,
-        onec: OneCPort,
-        moysklad: MoySkladPort,
+        onec: TransferOrderSink,
+        moysklad: CustomerOrderSink,
         *,
         clock: Callable[[], float] = time.time,
         worker_id: str,
