@@ -7,6 +7,8 @@
     ├── StoreError                  the SQLite store refused an operation
     ├── NotFoundError               an id asked about does not exist (run, outbox entry, job)
     ├── InvalidStateError           an operation is not allowed in the current state
+    ├── DrainingError               the daemon is shutting down and takes no new work
+    ├── BadArgumentError            a control-API request argument is invalid
     ├── RunFailedError              a replenishment run could not complete (reason in message)
     └── ConnectorError              anything that went wrong talking to 1C or MoySklad
         ├── TransientError          worth retrying: timeouts, connection errors, 429, 5xx
@@ -51,6 +53,14 @@ class NotFoundError(HubError):
 
 class InvalidStateError(HubError):
     """The operation is not allowed in the object's current state."""
+
+
+class DrainingError(HubError):
+    """The daemon is shutting down and accepts no new work."""
+
+
+class BadArgumentError(HubError):
+    """A request argument is missing or invalid."""
 
 
 class RunFailedError(HubError):
