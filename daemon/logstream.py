@@ -57,7 +57,7 @@ def record_from_event(event_dict: dict[str, Any]) -> LogRecord:
     )
 
 
-@dataclass
+@dataclass(eq=False)
 class Follower:
     """One live subscriber with its own bounded queue."""
 

@@ -1,12 +1,16 @@
 """The daemon's parts, built once and handed to the control API.
 
-``HubServices.open`` is where adapters are constructed (connectors with their HTTP sessions, the
-run manager, the outbox processor, the scheduler); the gRPC servicer only talks to this object.
+``HubServices.open`` is where the adapters are constructed (the connectors with their HTTP
+sessions, the run manager, the outbox processor, the scheduler); the gRPC servicer only talks to
+this object.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import socket
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -16,8 +20,20 @@ import structlog
 
 from daemon import __version__
 from daemon.config import HubConfig
+from daemon.errors import NotFoundError
 from daemon.logstream import Follower, LogRecord
+from daemon.model import CustomerOrderDocument, TransferOrderDocument
+from daemon.moysklad.connector import MoySkladConnector
+from daemon.onec.connector import OneCConnector
+from daemon.outbox import OutboxProcessor
+from daemon.ports import CheckResult
+from daemon.replenishment import describe_document
+from daemon.runs import Launch, RunManager
+from daemon.scheduler import Scheduler
 from daemon.store import Database
+from daemon.store import outbox as outbox_store
+from daemon.store import runs as run_store
+from daemon.store.runs import RunRecord
 
 if TYPE_CHECKING:
     from daemon.app import Hub
@@ -36,40 +52,90 @@ class StatusInfo:
     socket_path: str
     draining: bool
     outbox_depth: dict[str, int]
+    last_runs: list[RunRecord]
     connectors: dict[str, dict[str, str]]
 
 
 class HubServices:
-    def __init__(self, hub: Hub, db: Database) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        db: Database,
+        onec: OneCConnector,
+        moysklad: MoySkladConnector,
+    ) -> None:
         self.hub = hub
         self.db = db
+        self.onec = onec
+        self.moysklad = moysklad
+        config = hub.config
+        self.outbox = OutboxProcessor(
+            db,
+            config.outbox,
+            onec,
+            moysklad,
+            worker_id=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        self.runs = RunManager(db, lambda: self.hub.config, onec, moysklad, self.outbox.wake)
+        self.scheduler = Scheduler(db, config.jobs, self.launch)
 
     @classmethod
     async def open(cls, hub: Hub, db: Database, stack: AsyncExitStack) -> HubServices:
-        return cls(hub, db)
+        config = hub.config
+        secrets = hub.secrets
+        onec = await stack.enter_async_context(
+            OneCConnector(config.onec, secrets.onec_password)
+        )
+        moysklad = await stack.enter_async_context(
+            MoySkladConnector(config.moysklad, secrets.moysklad_token, secrets.moysklad_password)
+        )
+        interrupted = await run_store.fail_interrupted_runs(db, time.time())
+        if interrupted:
+            _log.warning("runs_interrupted_by_restart", runs=list(interrupted))
+        return cls(hub, db, onec, moysklad)
 
     @property
     def config(self) -> HubConfig:
         return self.hub.config
 
     def start_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[Any]]:
-        return []
+        self.runs.attach(group)
+        return [
+            group.create_task(self.outbox.run(), name="outbox-processor"),
+            group.create_task(self.scheduler.run(), name="scheduler"),
+        ]
 
     def close_watchers(self) -> None:
-        pass
+        self.runs.close_watchers()
+
+    def wake_outbox(self) -> None:
+        self.outbox.wake()
+
+    async def launch(self, job: str, trigger: str, fire_id: int | None) -> Launch:
+        """The scheduler's way to start a run: the same single-flight rule as hubctl run."""
+        return await self.runs.trigger(job, trigger=trigger, fire_id=fire_id)
 
     def apply_config(self, new: HubConfig, changed: list[str]) -> None:
-        if any(key.startswith("logging.level") for key in changed):
-            import logging
-
+        """Apply a reloaded config: logging level and schedules now; connection settings,
+        the socket and the state directory need a restart (said in the log)."""
+        if "logging.level" in changed:
             logging.getLogger().setLevel(new.logging.level.upper())
+        if any(key.startswith("jobs.") for key in changed):
+            self.scheduler.reload(new.jobs)
+        needs_restart = [
+            key
+            for key in changed
+            if key.split(".")[0] in ("onec", "moysklad", "control", "hub", "outbox")
+        ]
+        if needs_restart:
+            _log.warning("config_change_needs_restart", keys=needs_restart)
 
-    # ---- status and logs --------------------------------------------------------------------
+    async def reload_config(self) -> tuple[bool, str, list[str]]:
+        return await self.hub.reload(self)
+
+    # ---- status, logs, checks ---------------------------------------------------------------
 
     async def status(self) -> StatusInfo:
-        import os
-
-        rows = await self.db.fetchall("SELECT state, COUNT(*) FROM outbox GROUP BY state")
         return StatusInfo(
             version=__version__,
             pid=os.getpid(),
@@ -79,8 +145,11 @@ class HubServices:
             database_path=str(self.db.path),
             socket_path=str(self.hub.socket_path),
             draining=self.hub.draining,
-            outbox_depth={str(r[0]): int(r[1]) for r in rows},
-            connectors={},
+            outbox_depth={
+                k: v for k, v in (await outbox_store.depth_by_state(self.db)).items() if v
+            },
+            last_runs=await run_store.last_run_per_job(self.db),
+            connectors={"moysklad": self.moysklad.health()},
         )
 
     async def logs(
@@ -89,3 +158,25 @@ class HubServices:
         return await self.hub.log_hub.history_then_follow(
             self.db, last=last, min_level=min_level, run_id=run_id
         )
+
+    async def check_connections(self) -> list[CheckResult]:
+        names: list[str] = []
+        for target in self.config.replenishment.targets:
+            for name in (target.warehouse, *target.donors):
+                if name not in names:
+                    names.append(name)
+        onec, moysklad = await asyncio.gather(self.onec.check(names), self.moysklad.check())
+        return [*onec, *moysklad]
+
+    async def outbox_payload_summary(self, outbox_id: int) -> str:
+        row = await self.db.fetchone(
+            "SELECT kind, payload_json FROM outbox WHERE id = ?", (outbox_id,)
+        )
+        if row is None:
+            raise NotFoundError(f"no outbox entry with id {outbox_id}")
+        if row[0] == "onec_transfer_order":
+            return describe_document(TransferOrderDocument.model_validate_json(row[1]))
+        return describe_document(CustomerOrderDocument.model_validate_json(row[1]))
+
+    async def trigger(self, job: str, dry_run: bool) -> Launch:
+        return await self.runs.trigger(job, trigger="manual", dry_run=dry_run)

@@ -10,7 +10,9 @@ import grpc
 import structlog
 
 from daemon.errors import (
+    BadArgumentError,
     ConfigError,
+    DrainingError,
     ConnectorError,
     HubError,
     InvalidStateError,
@@ -20,14 +22,6 @@ from daemon.errors import (
 )
 
 _log = structlog.get_logger(__name__)
-
-
-class DrainingError(HubError):
-    """The daemon is shutting down and accepts no new work."""
-
-
-class BadArgumentError(HubError):
-    """A request argument is missing or invalid."""
 
 
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [

@@ -8,8 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from daemon.control.errors import BadArgumentError, streaming, unary
+from daemon.control.errors import streaming, unary
+from daemon.errors import BadArgumentError, NotFoundError
 from daemon.logstream import LEVELS, LogRecord
+from daemon.runs import delivery_summary
+from daemon.scheduler import ScheduleInfo
+from daemon.store import outbox as outbox_store
+from daemon.store import runs as run_store
+from daemon.store.outbox import STATES as OUTBOX_STATES
+from daemon.store.outbox import OutboxEntry
+from daemon.store.runs import PlanItemRecord, RunRecord
 from protos.hub.v1 import control_pb2 as pb
 from protos.hub.v1 import control_pb2_grpc
 
@@ -53,6 +61,7 @@ class HubControlService(control_pb2_grpc.HubControlServicer):
             socket_path=info.socket_path,
             draining=info.draining,
             outbox_depth=info.outbox_depth,
+            last_runs=[await self._run(r) for r in info.last_runs],
             connectors=[
                 pb.ConnectorHealth(system=system, details=details)
                 for system, details in sorted(info.connectors.items())
@@ -83,3 +92,279 @@ class HubControlService(control_pb2_grpc.HubControlServicer):
                 yield log_event(record)
         finally:
             self.services.hub.log_hub.unsubscribe(follower)
+
+    # ---- runs -----------------------------------------------------------------------------
+
+    @unary
+    async def TriggerRun(
+        self, request: pb.TriggerRunRequest, context: Context
+    ) -> pb.TriggerRunResponse:
+        if not request.job:
+            raise BadArgumentError("job is required, e.g. 'replenishment'")
+        launch = await self.services.runs.trigger(
+            request.job, trigger="manual", dry_run=request.dry_run
+        )
+        return pb.TriggerRunResponse(
+            run=await self._run(launch.run), already_running=launch.already_running
+        )
+
+    @streaming
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: Context
+    ) -> AsyncIterator[pb.RunProgress]:
+        if not request.run_id:
+            raise BadArgumentError("run_id is required")
+        async for event in self.services.runs.watch(request.run_id):
+            yield pb.RunProgress(
+                run_id=event.run.id,
+                kind=event.kind,
+                phase=event.phase,
+                counts=event.counts,
+                message=event.message,
+                run=await self._run(event.run),
+            )
+
+    @unary
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        if request.limit < 0 or request.limit > 1000:
+            raise BadArgumentError("limit must be between 0 and 1000")
+        records = await run_store.list_runs(self.services.db, request.job, request.limit or 20)
+        return pb.ListRunsResponse(runs=[await self._run(r) for r in records])
+
+    @unary
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.RunDetail:
+        if not request.run_id:
+            raise BadArgumentError("run_id is required")
+        record = await run_store.get_run(self.services.db, request.run_id)
+        items = await run_store.plan_items(self.services.db, record.id)
+        delivery = await outbox_store.run_delivery_state(self.services.db, record.id)
+        return pb.RunDetail(
+            run=self._run_message(record, [d.state for d in delivery.documents]),
+            items=[plan_item(i) for i in items],
+            documents=[
+                pb.RunDocument(
+                    outbox_id=d.outbox_id,
+                    kind=d.kind,
+                    summary=d.summary,
+                    state=d.state,
+                    external_id=d.external_id or "",
+                    number=d.number or "",
+                    last_error=d.last_error or "",
+                )
+                for d in delivery.documents
+            ],
+        )
+
+    async def _run(self, record: RunRecord) -> pb.Run:
+        delivery = await outbox_store.run_delivery_state(self.services.db, record.id)
+        return self._run_message(record, [d.state for d in delivery.documents])
+
+    @staticmethod
+    def _run_message(record: RunRecord, document_states: list[str]) -> pb.Run:
+        return pb.Run(
+            id=record.id,
+            job=record.job,
+            trigger=record.trigger,
+            dry_run=record.dry_run,
+            status=record.status,
+            reason=record.reason,
+            started_at_ms=ms(record.started_at),
+            finished_at_ms=ms(record.finished_at),
+            phases=[
+                pb.Phase(
+                    name=p["name"],
+                    started_at_ms=ms(p["started_at"]),
+                    seconds=float(p.get("seconds", 0.0)),
+                )
+                for p in record.phases
+            ],
+            counts={k: int(v) for k, v in record.counts.items()},
+            delivery=delivery_summary(document_states),
+        )
+
+    # ---- outbox ---------------------------------------------------------------------------
+
+    @unary
+    async def ListOutbox(
+        self, request: pb.ListOutboxRequest, context: Context
+    ) -> pb.ListOutboxResponse:
+        if request.state and request.state not in OUTBOX_STATES:
+            raise BadArgumentError(
+                f"state must be one of {', '.join(OUTBOX_STATES)}; got {request.state!r}"
+            )
+        if request.limit < 0 or request.limit > 10_000:
+            raise BadArgumentError("limit must be between 0 and 10000")
+        entries = await outbox_store.list_entries(
+            self.services.db, request.state or None, request.limit or 100
+        )
+        return pb.ListOutboxResponse(entries=[outbox_entry(e) for e in entries])
+
+    @unary
+    async def GetOutboxEntry(
+        self, request: pb.OutboxEntryRequest, context: Context
+    ) -> pb.OutboxEntry:
+        _positive_id(request.id)
+        entry = await outbox_store.get_entry(self.services.db, request.id)
+        return outbox_entry(entry, await self.services.outbox_payload_summary(request.id))
+
+    @unary
+    async def RetryOutboxEntry(
+        self, request: pb.OutboxEntryRequest, context: Context
+    ) -> pb.OutboxEntry:
+        _positive_id(request.id)
+        entry = await outbox_store.retry_entry(self.services.db, request.id)
+        self.services.wake_outbox()
+        return outbox_entry(entry)
+
+    @unary
+    async def DiscardOutboxEntry(
+        self, request: pb.DiscardOutboxEntryRequest, context: Context
+    ) -> pb.OutboxEntry:
+        _positive_id(request.id)
+        if not request.reason.strip():
+            raise BadArgumentError("a reason is required to discard an entry")
+        entry = await outbox_store.discard_entry(
+            self.services.db, request.id, request.reason.strip()
+        )
+        return outbox_entry(entry)
+
+    # ---- schedules ------------------------------------------------------------------------
+
+    @unary
+    async def ListSchedules(
+        self, request: pb.ListSchedulesRequest, context: Context
+    ) -> pb.ListSchedulesResponse:
+        infos = await self.services.scheduler.list_schedules()
+        return pb.ListSchedulesResponse(
+            schedules=[schedule_message(i) for i in infos],
+            outbox_interval_s=self.services.config.outbox.interval_s,
+        )
+
+    @unary
+    async def NextFireTimes(
+        self, request: pb.NextFireTimesRequest, context: Context
+    ) -> pb.NextFireTimesResponse:
+        if not request.job:
+            raise BadArgumentError("job is required")
+        if not 1 <= (request.count or 10) <= 1000:
+            raise BadArgumentError("count must be between 1 and 1000")
+        fires = await self.services.scheduler.next_fire_times(request.job, request.count or 10)
+        zone = self.services.config.jobs[request.job].timezone
+        return pb.NextFireTimesResponse(
+            job=request.job, timezone=zone, fires_ms=[ms(f.timestamp()) for f in fires]
+        )
+
+    @unary
+    async def PauseSchedule(self, request: pb.ScheduleRequest, context: Context) -> pb.Schedule:
+        if not request.job:
+            raise BadArgumentError("job is required")
+        await self.services.scheduler.pause(request.job)
+        return await self._schedule(request.job)
+
+    @unary
+    async def ResumeSchedule(self, request: pb.ScheduleRequest, context: Context) -> pb.Schedule:
+        if not request.job:
+            raise BadArgumentError("job is required")
+        await self.services.scheduler.resume(request.job)
+        return await self._schedule(request.job)
+
+    async def _schedule(self, job: str) -> pb.Schedule:
+        for info in await self.services.scheduler.list_schedules():
+            if info.job == job:
+                return schedule_message(info)
+        raise NotFoundError(f"no job named {job!r}")
+
+    # ---- connections and config -----------------------------------------------------------
+
+    @unary
+    async def CheckConnections(
+        self, request: pb.CheckConnectionsRequest, context: Context
+    ) -> pb.CheckConnectionsResponse:
+        results = await self.services.check_connections()
+        return pb.CheckConnectionsResponse(
+            checks=[
+                pb.ConnectionCheck(system=r.system, name=r.name, ok=r.ok, detail=r.detail)
+                for r in results
+            ],
+            ok=all(r.ok for r in results),
+        )
+
+    @unary
+    async def ReloadConfig(
+        self, request: pb.ReloadConfigRequest, context: Context
+    ) -> pb.ReloadConfigResponse:
+        ok, error, changed = await self.services.reload_config()
+        return pb.ReloadConfigResponse(ok=ok, error=error, changed=changed)
+
+
+def _positive_id(value: int) -> None:
+    if value <= 0:
+        raise BadArgumentError("id must be a positive outbox entry id")
+
+
+def plan_item(item: PlanItemRecord) -> pb.PlanItem:
+    detail = item.detail
+    return pb.PlanItem(
+        target=item.target,
+        item_key=item.item_key,
+        code=item.code,
+        article=item.article,
+        name=item.name,
+        target_free=str(detail.get("target_free") or ""),
+        target_min=str(detail.get("minimum") or ""),
+        target_max=str(detail.get("maximum") or ""),
+        incoming=str(detail.get("incoming") or ""),
+        need=str(detail.get("need_rounded") or detail.get("need") or ""),
+        donors=[
+            pb.DonorTake(
+                donor=d["warehouse"]["name"],
+                free=str(d["free"]),
+                own_min=str(d["minimum"]),
+                take=str(d["take"]),
+            )
+            for d in detail.get("donors", [])
+        ],
+        external=str(detail.get("external") or ""),
+        unmapped=str(detail.get("unmapped") or ""),
+        decision=item.decision,
+        reason=item.reason,
+    )
+
+
+def outbox_entry(entry: OutboxEntry, payload_summary: str = "") -> pb.OutboxEntry:
+    return pb.OutboxEntry(
+        id=entry.id,
+        run_id=entry.run_id,
+        kind=entry.kind,
+        idempotency_key=entry.idempotency_key,
+        summary=entry.summary,
+        state=entry.state,
+        attempts=entry.attempts,
+        next_attempt_at_ms=ms(entry.next_attempt_at),
+        last_error=entry.last_error or "",
+        external_id=entry.external_id or "",
+        number=entry.external_number or "",
+        discard_reason=entry.discard_reason or "",
+        created_at_ms=ms(entry.created_at),
+        updated_at_ms=ms(entry.updated_at),
+        delivered_at_ms=ms(entry.delivered_at),
+        outcome_unknown=entry.outcome_unknown,
+        payload_summary=payload_summary,
+    )
+
+
+def schedule_message(info: ScheduleInfo) -> pb.Schedule:
+    return pb.Schedule(
+        job=info.job,
+        kind=info.kind,
+        cron=info.cron,
+        timezone=info.timezone,
+        enabled=info.enabled,
+        paused=info.paused,
+        last_fire_nominal_ms=ms(info.last_fire.timestamp()) if info.last_fire else 0,
+        last_fire_outcome=info.last_outcome or "",
+        last_fire_run_id=info.last_run_id or "",
+        next_fires_ms=[ms(f.timestamp()) for f in info.next_fires],
+        missed=info.missed,
+        skipped=info.skipped,
+    )

@@ -1,0 +1,254 @@
+"""The replenishment job: gather inputs from both systems, plan, and turn the plan into documents.
+
+Imports no I/O library: the systems are reached through ``daemon.ports`` and the caller stores
+what this module returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from daemon.config import HubConfig
+from daemon.model import (
+    CustomerOrderDocument,
+    Document,
+    Item,
+    OrderLine,
+    Product,
+    TransferLine,
+    TransferOrderDocument,
+    Warehouse,
+    deterministic_uuid,
+)
+from daemon.plan import ReplenishmentPlan
+from daemon.planner import PlanningInputs, TargetInputs, plan_replenishment
+from daemon.ports import MoySkladPort, OneCPort
+from daemon.store.runs import PlanItemRecord
+
+#: Marker every hub document carries (1C Комментарий, МойСклад description); the connectors
+#: look for it when they read the hub's own open documents.
+MARKER = "bisnesmedia-hub"
+
+Progress = Callable[[str, dict[str, int]], Awaitable[None]]
+
+
+def order_code_prefix(target: Warehouse) -> str:
+    """externalCode prefix of the МойСклад orders for one target (stable across runs)."""
+    return f"hub-{target.key[:8]}-"
+
+
+@dataclass(frozen=True)
+class GatheredInputs:
+    planning: PlanningInputs
+    warehouses: Mapping[str, Warehouse]
+
+
+def _add(into: dict[str, Decimal], more: Mapping[str, Decimal]) -> None:
+    for key, qty in more.items():
+        into[key] = into.get(key, Decimal(0)) + qty
+
+
+def pending_incoming(documents: Iterable[Document]) -> dict[str, dict[str, Decimal]]:
+    """Incoming per target warehouse key, per item key, from documents not yet delivered.
+
+    Those are not visible in 1C or МойСклад yet, but a second run must not order them again.
+    """
+    incoming: dict[str, dict[str, Decimal]] = {}
+    for doc in documents:
+        if isinstance(doc, TransferOrderDocument):
+            per_item = incoming.setdefault(doc.receiver_key, {})
+            _add(per_item, {line.item_key: line.quantity for line in doc.lines})
+        else:
+            per_item = incoming.setdefault(doc.target_key, {})
+            _add(per_item, {line.item_key: line.quantity for line in doc.lines})
+    return incoming
+
+
+async def gather_inputs(
+    config: HubConfig,
+    onec: OneCPort,
+    moysklad: MoySkladPort,
+    undelivered: Sequence[Document],
+    progress: Progress,
+) -> GatheredInputs:
+    """Read everything the planner needs; independent reads run concurrently."""
+    targets = config.replenishment.targets
+    names: list[str] = []
+    for target in targets:
+        for name in (target.warehouse, *target.donors):
+            if name not in names:
+                names.append(name)
+    await progress("resolve warehouses", {"warehouses": len(names)})
+    warehouses = await onec.resolve_warehouses(names)
+    keys = [warehouses[name].key for name in names]
+    target_whs = [warehouses[t.warehouse] for t in targets]
+
+    await progress("read 1C and МойСклад", {})
+
+    async def items_and_products() -> tuple[list[Item], dict[str, Product]]:
+        items = await onec.read_items()
+        await progress("match МойСклад products", {"items": len(items)})
+        return items, await moysklad.match_products(items)
+
+    async with asyncio.TaskGroup() as group:
+        items_task = group.create_task(items_and_products())
+        norms_task = group.create_task(onec.read_norms(keys))
+        stock_task = group.create_task(onec.read_free_stock(keys))
+        transfers_tasks = [
+            group.create_task(onec.read_incoming_transfers(t.key)) for t in target_whs
+        ]
+        orders_tasks = [
+            group.create_task(moysklad.read_incoming_orders(order_code_prefix(t)))
+            for t in target_whs
+        ]
+    items, products = items_task.result()
+    item_by_product = {product.id: item_key for item_key, product in products.items()}
+    waiting = pending_incoming(undelivered)
+
+    target_inputs = []
+    for index, target in enumerate(target_whs):
+        incoming: dict[str, Decimal] = dict(transfers_tasks[index].result())
+        _add(
+            incoming,
+            {
+                item_by_product[pid]: qty
+                for pid, qty in orders_tasks[index].result().items()
+                if pid in item_by_product
+            },
+        )
+        _add(incoming, waiting.get(target.key, {}))
+        donors = tuple(warehouses[name] for name in targets[index].donors)
+        target_inputs.append(TargetInputs(target=target, donors=donors, incoming=incoming))
+    norms = norms_task.result()
+    await progress(
+        "plan",
+        {"items": len(items), "norms": len(norms), "products_matched": len(products)},
+    )
+    planning = PlanningInputs(
+        targets=tuple(target_inputs),
+        items={item.key: item for item in items},
+        norms=norms,
+        free_stock=stock_task.result(),
+        products=products,
+        match_key=config.moysklad.match_key,
+        max_positions_per_order=config.replenishment.max_positions_per_order,
+    )
+    return GatheredInputs(planning=planning, warehouses=warehouses)
+
+
+def make_plan(gathered: GatheredInputs) -> ReplenishmentPlan:
+    return plan_replenishment(gathered.planning)
+
+
+def plan_item_records(plan: ReplenishmentPlan) -> list[PlanItemRecord]:
+    records = []
+    for target in plan.targets:
+        for decision in target.decisions:
+            records.append(
+                PlanItemRecord(
+                    target=target.target.name,
+                    item_key=decision.item.key,
+                    code=decision.item.code,
+                    article=decision.item.article,
+                    name=decision.item.name,
+                    decision=decision.decision,
+                    reason=decision.reason,
+                    detail=decision.detail(),
+                )
+            )
+    return records
+
+
+def build_documents(
+    plan: ReplenishmentPlan, run_id: str, now: datetime, config: HubConfig, zone: str
+) -> list[Document]:
+    """One transfer order per donor → target, one МойСклад order (or several parts) per target.
+
+    Idempotency keys are derived from the run id, so resending a row never creates a second
+    document, while a later run creates its own.
+    """
+    local = now.astimezone(ZoneInfo(zone)).replace(tzinfo=None, microsecond=0)
+    arrival = (local + timedelta(days=config.replenishment.desired_arrival_days)).replace(
+        hour=0, minute=0, second=0
+    )
+    docs: list[Document] = []
+    for target in plan.targets:
+        for transfer in target.transfers:
+            key = f"{run_id}:transfer:{transfer.donor.key}:{transfer.target.key}"
+            docs.append(
+                TransferOrderDocument(
+                    idempotency_key=key,
+                    ref_key=deterministic_uuid(key),
+                    run_id=run_id,
+                    sender_key=transfer.donor.key,
+                    sender_name=transfer.donor.name,
+                    receiver_key=transfer.target.key,
+                    receiver_name=transfer.target.name,
+                    date=local,
+                    desired_arrival=max(arrival, local),
+                    comment=f"{MARKER} key={key} run={run_id}",
+                    lines=tuple(
+                        TransferLine(
+                            item_key=line.item_key,
+                            quantity=line.quantity,
+                            packages=line.packages,
+                            package_key=line.package_key,
+                        )
+                        for line in transfer.lines
+                    ),
+                )
+            )
+        for order in target.external_orders:
+            key = f"{run_id}:order:{order.target.key}:{order.part}"
+            part = f", часть {order.part} из {order.parts}" if order.parts > 1 else ""
+            docs.append(
+                CustomerOrderDocument(
+                    idempotency_key=key,
+                    sync_id=deterministic_uuid(key),
+                    run_id=run_id,
+                    external_code=f"{order_code_prefix(order.target)}{run_id}-{order.part}",
+                    description=(
+                        f"{MARKER}: пополнение склада «{order.target.name}», "
+                        f"запуск {run_id}{part}"
+                    ),
+                    target_name=order.target.name,
+                    target_key=order.target.key,
+                    lines=tuple(
+                        OrderLine(
+                            product_id=line.product.id,
+                            item_key=line.item_key,
+                            quantity=line.quantity,
+                            price_kopecks=line.price_kopecks,
+                        )
+                        for line in order.lines
+                    ),
+                )
+            )
+    return docs
+
+
+def plan_json(plan: ReplenishmentPlan) -> str:
+    return json.dumps(plan.to_dict(), ensure_ascii=False)
+
+
+def describe_document(doc: Document) -> str:
+    """A few lines an operator can read: where from/to and the first lines (no secrets)."""
+    if isinstance(doc, TransferOrderDocument):
+        head = (
+            f"1C transfer order {doc.sender_name} → {doc.receiver_name}, Ref_Key {doc.ref_key},"
+            f" date {doc.date:%Y-%m-%d}"
+        )
+        lines = [f"{line.item_key}: {line.quantity}" for line in doc.lines]
+    else:
+        head = (
+            f"МойСклад order {doc.external_code} for {doc.target_name}, syncId {doc.sync_id}"
+        )
+        lines = [f"product {line.product_id}: {line.quantity}" for line in doc.lines]
+    more = f"; … {len(lines) - 5} more" if len(lines) > 5 else ""
+    return f"{head}; {len(lines)} lines: " + "; ".join(lines[:5]) + more

@@ -1,0 +1,316 @@
+"""Runs of jobs: single-flight per job, phases and counts, progress for watchers.
+
+A run of the ``replenishment`` job gathers its inputs, plans, and stores the run, its plan and
+one outbox row per document in ONE transaction, then wakes the outbox processor. A dry run
+stores the plan and touches no outbox. A failed read fails the run with a clear reason and
+enqueues nothing. Manual triggers and scheduled fires share the single-flight rule here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+import structlog
+
+from daemon.config import HubConfig
+from daemon.errors import DrainingError, HubError, NotFoundError, RunFailedError
+from daemon.model import CustomerOrderDocument, Document, TransferOrderDocument
+from daemon.ports import MoySkladPort, OneCPort
+from daemon.replenishment import build_documents, gather_inputs, make_plan, plan_item_records
+from daemon.store import Database
+from daemon.store import outbox as outbox_store
+from daemon.store import runs as run_store
+from daemon.store.runs import RunRecord
+
+_log = structlog.get_logger(__name__)
+
+FINAL_DOCUMENT_STATES = {"delivered", "dead", "discarded"}
+UNDELIVERED_STATES = ("pending", "in_flight", "retry_wait", "outcome_unknown")
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    kind: Literal["phase", "counts", "finished", "document"]
+    run: RunRecord
+    phase: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass
+class _Active:
+    record: RunRecord
+    events: list[RunEvent] = field(default_factory=list)
+    watchers: set[asyncio.Queue[RunEvent | None]] = field(default_factory=set)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a trigger or a scheduled fire got: the run, and whether it was already running."""
+
+    run: RunRecord
+    already_running: bool
+    done: asyncio.Event
+
+
+def new_run_id(job: str, now: float) -> str:
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{job}-{secrets.token_hex(2)}"
+
+
+async def undelivered_documents(db: Database) -> list[Document]:
+    marks = ",".join("?" for _ in UNDELIVERED_STATES)
+    rows = await db.fetchall(
+        f"SELECT kind, payload_json FROM outbox WHERE state IN ({marks})", UNDELIVERED_STATES
+    )
+    docs: list[Document] = []
+    for kind, payload in rows:
+        if kind == "onec_transfer_order":
+            docs.append(TransferOrderDocument.model_validate_json(payload))
+        else:
+            docs.append(CustomerOrderDocument.model_validate_json(payload))
+    return docs
+
+
+def delivery_summary(states: list[str]) -> str:
+    if not states:
+        return "none"
+    if "dead" in states:
+        return "failed"
+    if all(s in ("delivered", "discarded") for s in states):
+        return "delivered"
+    return "pending"
+
+
+class RunManager:
+    def __init__(
+        self,
+        db: Database,
+        config: Callable[[], HubConfig],
+        onec: OneCPort,
+        moysklad: MoySkladPort,
+        wake_outbox: Callable[[], None],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._config = config
+        self._onec = onec
+        self._moysklad = moysklad
+        self._wake_outbox = wake_outbox
+        self._clock = clock
+        self._active: dict[str, _Active] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self.draining = False
+
+    def attach(self, group: asyncio.TaskGroup) -> None:
+        """Runs are tasks of the daemon's TaskGroup (no fire-and-forget tasks)."""
+        self._group = group
+
+    def active_run(self, job: str) -> RunRecord | None:
+        active = self._active.get(job)
+        return active.record if active else None
+
+    # ---- triggering ---------------------------------------------------------------------
+
+    async def trigger(
+        self, job: str, *, trigger: str = "manual", dry_run: bool = False, fire_id: int | None = None
+    ) -> Launch:
+        if self.draining:
+            raise DrainingError("hubd is shutting down and starts no new runs")
+        jobs = self._config().jobs
+        if job not in jobs:
+            known = ", ".join(sorted(jobs)) or "none"
+            raise NotFoundError(f"no job named {job!r} (configured jobs: {known})")
+        running = self._active.get(job)
+        if running is not None:
+            return Launch(running.record, True, running.done)
+        if self._group is None:
+            raise RunFailedError("the run manager is not started")
+        now = self._clock()
+        record = RunRecord(
+            id=new_run_id(job, now),
+            job=job,
+            trigger=trigger,
+            dry_run=dry_run,
+            status="running",
+            started_at=now,
+            fire_id=fire_id,
+        )
+        await run_store.insert_run(self._db, record)
+        active = _Active(record)
+        self._active[job] = active
+        self._group.create_task(self._execute(active), name=f"run-{record.id}")
+        return Launch(record, False, active.done)
+
+    # ---- watching -----------------------------------------------------------------------
+
+    async def watch(self, run_id: str) -> AsyncIterator[RunEvent]:
+        active = next((a for a in self._active.values() if a.record.id == run_id), None)
+        if active is not None:
+            queue: asyncio.Queue[RunEvent | None] = asyncio.Queue()
+            past = list(active.events)
+            active.watchers.add(queue)
+            try:
+                for event in past:
+                    yield event
+                if not active.done.is_set():
+                    while (event_or_end := await queue.get()) is not None:
+                        yield event_or_end
+                        if event_or_end.kind == "finished":
+                            break
+            finally:
+                active.watchers.discard(queue)
+            record = active.record
+        else:
+            record = await run_store.get_run(self._db, run_id)
+            if record.status == "running":
+                # started by an earlier hubd that is gone; nothing more will happen to it
+                yield RunEvent("finished", record, message="run was interrupted")
+                return
+            yield RunEvent("finished", record)
+        async for event in self._watch_delivery(record):
+            yield event
+
+    async def _watch_delivery(self, record: RunRecord) -> AsyncIterator[RunEvent]:
+        """After the run: document state changes until all are final, or one waits to retry."""
+        if record.dry_run or record.status != "succeeded":
+            return
+        seen: dict[int, str] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not self.draining:
+            state = await outbox_store.run_delivery_state(self._db, record.id)
+            for doc in state.documents:
+                if seen.get(doc.outbox_id) != doc.state:
+                    seen[doc.outbox_id] = doc.state
+                    number = f" № {doc.number}" if doc.number else ""
+                    error = f": {doc.last_error}" if doc.last_error else ""
+                    yield RunEvent(
+                        "document", record, message=f"{doc.summary}: {doc.state}{number}{error}"
+                    )
+            states = [d.state for d in state.documents]
+            if all(s in FINAL_DOCUMENT_STATES for s in states):
+                return
+            if any(s in ("retry_wait", "outcome_unknown") for s in states):
+                yield RunEvent(
+                    "document",
+                    record,
+                    message="delivery continues in the background; see hubctl outbox",
+                )
+                return
+            await asyncio.sleep(0.2)
+
+    def close_watchers(self) -> None:
+        self.draining = True
+        for active in self._active.values():
+            for queue in active.watchers:
+                queue.put_nowait(None)
+
+    # ---- executing ----------------------------------------------------------------------
+
+    def _emit(self, active: _Active, event: RunEvent) -> None:
+        active.events.append(event)
+        for queue in active.watchers:
+            queue.put_nowait(event)
+
+    def _snapshot(self, active: _Active) -> RunRecord:
+        return copy.deepcopy(active.record)
+
+    async def _phase(self, active: _Active, name: str, counts: dict[str, int]) -> None:
+        record = active.record
+        now = self._clock()
+        if record.phases and "seconds" not in record.phases[-1]:
+            last = record.phases[-1]
+            last["seconds"] = round(now - last["started_at"], 3)
+        if not name:
+            return
+        record.phases.append({"name": name, "started_at": now})
+        record.counts.update(counts)
+        _log.info("run_phase", phase=name, **counts)
+        self._emit(active, RunEvent("phase", self._snapshot(active), phase=name, counts=counts))
+
+    async def _execute(self, active: _Active) -> None:
+        record = active.record
+        with structlog.contextvars.bound_contextvars(run_id=record.id, job=record.job):
+            _log.info("run_started", trigger=record.trigger, dry_run=record.dry_run)
+            try:
+                await self._replenish(active)
+                record.status = "succeeded"
+            except HubError as exc:
+                record.status = "failed"
+                record.reason = _reason(exc)
+                _log.error("run_failed", reason=record.reason)
+            except asyncio.CancelledError:
+                record.status = "failed"
+                record.reason = "hubd stopped during the run; nothing was enqueued"
+                raise
+            except Exception as exc:
+                record.status = "failed"
+                record.reason = f"internal error: {type(exc).__name__}; see hubd's log"
+                _log.exception("run_crashed")
+            finally:
+                await self._finish(active)
+
+    async def _finish(self, active: _Active) -> None:
+        record = active.record
+        await self._phase(active, "", {})
+        record.finished_at = self._clock()
+        if record.status == "running":  # the plan transaction already committed it
+            record.status = "succeeded"
+        with contextlib.suppress(HubError):
+            await asyncio.shield(run_store.update_run(self._db, record))
+        _log.info("run_finished", status=record.status, reason=record.reason or None)
+        self._active.pop(record.job, None)
+        self._emit(active, RunEvent("finished", self._snapshot(active), message=record.reason))
+        active.done.set()
+
+    async def _replenish(self, active: _Active) -> None:
+        record = active.record
+        config = self._config()
+
+        async def progress(phase: str, counts: dict[str, int]) -> None:
+            await self._phase(active, phase, counts)
+
+        undelivered = await undelivered_documents(self._db)
+        gathered = await gather_inputs(config, self._onec, self._moysklad, undelivered, progress)
+        plan = await asyncio.to_thread(make_plan, gathered)
+        counts = plan.counts()
+        zone = config.jobs[record.job].timezone if record.job in config.jobs else "Europe/Moscow"
+        documents = (
+            []
+            if record.dry_run
+            else build_documents(plan, record.id, datetime.now(UTC), config, zone)
+        )
+        counts["documents"] = len(documents)
+        await self._phase(active, "store plan", counts)
+        record.status = "succeeded"
+        await self._phase(active, "", {})
+        record.finished_at = self._clock()
+        async with self._db.transaction() as conn:
+            await run_store.insert_plan_items(conn, record.id, plan_item_records(plan))
+            if documents:
+                await outbox_store.enqueue(conn, record.id, documents, self._clock())
+            await run_store.save_progress(conn, record)
+        if documents:
+            self._wake_outbox()
+        _log.info(
+            "run_planned",
+            below_min=counts.get("below_min", 0),
+            documents=len(documents),
+            unmapped=counts.get("unmapped", 0),
+        )
+
+
+def _reason(exc: HubError) -> str:
+    describe = getattr(exc, "describe", None)
+    text = describe() if callable(describe) else str(exc)
+    return str(text)

@@ -1,0 +1,180 @@
+"""SQL for the ``runs`` and ``plan_items`` tables."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from daemon.errors import NotFoundError
+from daemon.store.database import Database
+
+
+@dataclass
+class RunRecord:
+    id: str
+    job: str
+    trigger: str
+    dry_run: bool
+    status: str  # running | succeeded | failed
+    started_at: float
+    reason: str = ""
+    finished_at: float | None = None
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    fire_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PlanItemRecord:
+    target: str
+    item_key: str
+    code: str
+    article: str
+    name: str
+    decision: str
+    reason: str
+    detail: dict[str, Any]
+
+
+_COLUMNS = (
+    "id, job, trigger, dry_run, status, reason, started_at, finished_at, phases_json,"
+    " counts_json, fire_id"
+)
+
+
+def _run(row: aiosqlite.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        job=row["job"],
+        trigger=row["trigger"],
+        dry_run=bool(row["dry_run"]),
+        status=row["status"],
+        reason=row["reason"] or "",
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        phases=json.loads(row["phases_json"]),
+        counts=json.loads(row["counts_json"]),
+        fire_id=row["fire_id"],
+    )
+
+
+async def insert_run(db: Database, run: RunRecord) -> None:
+    async with db.transaction() as conn:
+        await conn.execute(
+            f"INSERT INTO runs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run.id,
+                run.job,
+                run.trigger,
+                int(run.dry_run),
+                run.status,
+                run.reason or None,
+                run.started_at,
+                run.finished_at,
+                json.dumps(run.phases),
+                json.dumps(run.counts),
+                run.fire_id,
+            ),
+        )
+
+
+async def save_progress(conn: aiosqlite.Connection, run: RunRecord) -> None:
+    """Write the run's status, reason, phases and counts (inside the caller's transaction)."""
+    await conn.execute(
+        "UPDATE runs SET status = ?, reason = ?, finished_at = ?, phases_json = ?,"
+        " counts_json = ? WHERE id = ?",
+        (
+            run.status,
+            run.reason or None,
+            run.finished_at,
+            json.dumps(run.phases),
+            json.dumps(run.counts),
+            run.id,
+        ),
+    )
+
+
+async def update_run(db: Database, run: RunRecord) -> None:
+    async with db.transaction() as conn:
+        await save_progress(conn, run)
+
+
+async def insert_plan_items(
+    conn: aiosqlite.Connection, run_id: str, items: Iterable[PlanItemRecord]
+) -> None:
+    await conn.executemany(
+        "INSERT INTO plan_items (run_id, target, item_key, code, article, name, decision,"
+        " reason, detail_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                run_id,
+                i.target,
+                i.item_key,
+                i.code,
+                i.article,
+                i.name,
+                i.decision,
+                i.reason,
+                json.dumps(i.detail, ensure_ascii=False),
+            )
+            for i in items
+        ],
+    )
+
+
+async def get_run(db: Database, run_id: str) -> RunRecord:
+    row = await db.fetchone(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+    if row is None:
+        raise NotFoundError(f"no run with id {run_id!r}")
+    return _run(row)
+
+
+async def list_runs(db: Database, job: str, limit: int) -> list[RunRecord]:
+    if job:
+        rows = await db.fetchall(
+            f"SELECT {_COLUMNS} FROM runs WHERE job = ? ORDER BY started_at DESC LIMIT ?",
+            (job, limit),
+        )
+    else:
+        rows = await db.fetchall(
+            f"SELECT {_COLUMNS} FROM runs ORDER BY started_at DESC LIMIT ?", (limit,)
+        )
+    return [_run(r) for r in rows]
+
+
+async def last_run_per_job(db: Database) -> list[RunRecord]:
+    rows = await db.fetchall(
+        f"SELECT {_COLUMNS} FROM runs r WHERE started_at ="
+        " (SELECT MAX(started_at) FROM runs WHERE job = r.job) ORDER BY job"
+    )
+    return [_run(r) for r in rows]
+
+
+async def plan_items(db: Database, run_id: str) -> list[PlanItemRecord]:
+    rows = await db.fetchall(
+        "SELECT target, item_key, code, article, name, decision, reason, detail_json"
+        " FROM plan_items WHERE run_id = ? ORDER BY target, code, item_key",
+        (run_id,),
+    )
+    return [
+        PlanItemRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7])) for r in rows
+    ]
+
+
+async def fail_interrupted_runs(db: Database, now: float) -> Sequence[str]:
+    """Runs still 'running' at start-up were cut off by a stop or crash: mark them failed.
+
+    Nothing of theirs was enqueued (the plan and the outbox rows commit together at the end).
+    """
+    async with db.transaction() as conn:
+        cursor = await conn.execute(
+            "UPDATE runs SET status = 'failed', finished_at = ?,"
+            " reason = 'hubd stopped during the run; nothing was enqueued'"
+            " WHERE status = 'running' RETURNING id",
+            (now,),
+        )
+        return [r[0] for r in await cursor.fetchall()]
