@@ -1,0 +1,365 @@
+"""The replenishment planner: a pure function from stock, norms and donors to a plan.
+
+``plan_replenishment(inputs)`` implements DESIGN §1.1. It does no I/O and keeps no state: the
+same ``PlanningInputs`` always give an equal ``ReplenishmentPlan``. Items are walked in
+(code, key) order, donors in their configured priority order and targets in the given order;
+nothing depends on the iteration order of the input mappings.
+
+For one target ``T``, each item is decided like this (``free`` absent = 0, may be negative):
+
+- No norm for (item, ``T``): ``no_norm``, nothing ordered.
+- ``free(T) + incoming(T) >= min``: ``ok``, nothing ordered.
+- Otherwise it is in deficit. ``need = target_level - free(T) - incoming(T)`` where
+  ``target_level`` is the norm's max when set and not below min, else min.
+- Donors in order: ``spare = max(0, free(D) - min(D))`` with the donor's own min (0 if none) and
+  ``free(D)`` reduced by whatever earlier targets of the same plan took from ``D`` (a donor's spare
+  is never used twice). ``take = min(open need, usable spare)``. Each non-zero take is a line of
+  the one transfer order ``D → T``.
+- What is still open goes to the target's МойСклад order if the item maps to a product, else it
+  is reported as unmapped (never dropped).
+
+Packaging. When the target norm names an order packaging of ``p`` base units (``package_size``
+> 0), the planner works in whole packages::
+
+    need_rounded = ceil(need / p) * p          # the need, rounded UP to whole packages
+    usable(D)    = floor(spare(D) / p) * p     # a donor's spare, rounded DOWN
+    take(D)      = min(open need, usable(D))   # so a multiple of p
+    external     = what is still open          # a multiple of p: the ordered quantity
+
+This is the same as rounding each donor's take down (bounded by the open need rounded up) and the
+external quantity up, but it keeps exact books: for every item
+
+    sum(takes) + external + unmapped == need_rounded
+
+and ``need <= need_rounded < need + p``. ``external`` equals ``ceil(open exact need / p) * p``,
+the ceiling to packages of what the donors left, so the MoySklad order carries the only
+rounding-up. Without packaging ``need_rounded == need`` and quantities stay exact ``Decimal``
+values (a fractional need is kept as it is).
+
+All arithmetic runs in a private decimal context that traps ``Inexact``: a quantity that cannot
+be represented exactly fails the run instead of being silently rounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import (
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
+from operator import attrgetter
+
+from daemon.errors import RunFailedError
+from daemon.model import EMPTY_GUID, Item, Norm, Product, Warehouse
+from daemon.plan import (
+    EXTERNAL,
+    NO_NORM,
+    OK,
+    TRANSFER,
+    TRANSFER_AND_EXTERNAL,
+    TRANSFER_AND_UNMAPPED,
+    UNMAPPED,
+    Deficit,
+    DonorTake,
+    ExternalLinePlan,
+    ExternalOrderPlan,
+    ItemDecision,
+    ReplenishmentPlan,
+    TargetPlan,
+    TargetSummary,
+    TransferLinePlan,
+    TransferOrderPlan,
+    UnmappedItem,
+)
+from daemon.planner_reasons import match_value
+
+DEFAULT_MAX_POSITIONS = 1000
+
+_ZERO = Decimal(0)
+_ONE = Decimal(1)
+_ITEM_ORDER = attrgetter("code", "key")
+
+# A fixed context so the result never depends on the caller's thread context; ``localcontext``
+# works on a copy, so this constant is never mutated.
+_CONTEXT = Context(
+    prec=34,
+    rounding=ROUND_HALF_EVEN,
+    traps=[Inexact, InvalidOperation, DivisionByZero, Overflow],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetInputs:
+    """One target warehouse, its donors in priority order and its incoming quantities.
+
+    ``incoming`` is what the hub's still-open documents will bring to the target, per item key
+    (absent = 0), so a second run does not order the same deficit again.
+    """
+
+    target: Warehouse
+    donors: tuple[Warehouse, ...]
+    incoming: Mapping[str, Decimal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanningInputs:
+    """Everything one run plans from.
+
+    ``norms`` and ``free_stock`` are keyed by (item key, warehouse key), as the 1C connector
+    returns them; ``products`` maps item key → МойСклад product (absent = unmapped); ``match_key``
+    names what items are matched by ("article", "code" or "externalCode"), for the reasons.
+    Targets are planned in the given order.
+    """
+
+    targets: tuple[TargetInputs, ...]
+    items: Mapping[str, Item]
+    norms: Mapping[tuple[str, str], Norm]
+    free_stock: Mapping[tuple[str, str], Decimal]
+    products: Mapping[str, Product]
+    match_key: str = "article"
+    max_positions_per_order: int = DEFAULT_MAX_POSITIONS
+
+
+def plan_replenishment(inputs: PlanningInputs) -> ReplenishmentPlan:
+    """Plan every target of ``inputs`` in order; see the module docstring for the rules.
+
+    Raises ``RunFailedError`` for inputs no plan can be made from: a target listed as its own
+    donor, a donor listed twice, a target planned twice, a position limit below 1, or a quantity
+    that does not fit exact decimal arithmetic.
+    """
+    _validate(inputs)
+    items = sorted(inputs.items.values(), key=_ITEM_ORDER)
+    # (item key, donor key) → what earlier targets of this plan already took from that donor.
+    taken: dict[tuple[str, str], Decimal] = {}
+    try:
+        with localcontext(_CONTEXT):
+            targets = tuple(_plan_target(t, items, inputs, taken) for t in inputs.targets)
+    except (Inexact, InvalidOperation, Overflow) as exc:
+        raise RunFailedError(
+            "a stock, norm or incoming quantity cannot be planned with exact decimal "
+            f"arithmetic ({type(exc).__name__})"
+        ) from exc
+    return ReplenishmentPlan(
+        targets=targets,
+        match_key=inputs.match_key,
+        max_positions_per_order=inputs.max_positions_per_order,
+    )
+
+
+def _validate(inputs: PlanningInputs) -> None:
+    if inputs.max_positions_per_order < 1:
+        raise RunFailedError(
+            f"max_positions_per_order must be at least 1, got {inputs.max_positions_per_order}"
+        )
+    seen_targets: set[str] = set()
+    for target_inputs in inputs.targets:
+        target = target_inputs.target
+        if target.key in seen_targets:
+            raise RunFailedError(f"target {target.name} is listed twice")
+        seen_targets.add(target.key)
+        donor_keys: set[str] = set()
+        for donor in target_inputs.donors:
+            if donor.key == target.key:
+                raise RunFailedError(f"target {target.name} is listed as its own donor")
+            if donor.key in donor_keys:
+                raise RunFailedError(f"donor {donor.name} is listed twice for {target.name}")
+            donor_keys.add(donor.key)
+
+
+def _ceil_to(quantity: Decimal, package: Decimal) -> Decimal:
+    whole, rest = divmod(quantity, package)
+    if rest:
+        whole += _ONE
+    return whole * package
+
+
+def _floor_to(quantity: Decimal, package: Decimal) -> Decimal:
+    # Only called with quantity >= 0, where truncation is the floor.
+    return (quantity // package) * package
+
+
+def _plan_target(
+    target_inputs: TargetInputs,
+    items: Sequence[Item],
+    inputs: PlanningInputs,
+    taken: dict[tuple[str, str], Decimal],
+) -> TargetPlan:
+    target = target_inputs.target
+    target_key = target.key
+    incoming = target_inputs.incoming
+    norms = inputs.norms
+    free_stock = inputs.free_stock
+    deficits = _DeficitPlanner(target_inputs, inputs, taken)
+    decisions: list[ItemDecision] = []
+    append = decisions.append
+    no_norm = ok = 0
+
+    for item in items:
+        key = item.key
+        pair = (key, target_key)
+        free = free_stock.get(pair, _ZERO)
+        inbound = incoming.get(key, _ZERO)
+        norm = norms.get(pair)
+        if norm is None:
+            no_norm += 1
+            append(ItemDecision(item, NO_NORM, None, free, inbound))
+        elif free + inbound >= norm.minimum:
+            ok += 1
+            append(ItemDecision(item, OK, norm, free, inbound))
+        else:
+            append(deficits.cover(item, norm, free, inbound))
+
+    donors = target_inputs.donors
+    transfers = tuple(
+        TransferOrderPlan(donor=donor, target=target, lines=tuple(lines))
+        for donor, lines in zip(donors, deficits.transfer_lines, strict=True)
+        if lines
+    )
+    external_orders = _split_orders(target, deficits.external_lines, inputs.max_positions_per_order)
+    summary = TargetSummary(
+        items=len(decisions),
+        no_norm=no_norm,
+        ok=ok,
+        below_min=len(decisions) - no_norm - ok,
+        transfer_lines=tuple(
+            (donor.name, len(lines))
+            for donor, lines in zip(donors, deficits.transfer_lines, strict=True)
+        ),
+        external_lines=len(deficits.external_lines),
+        external_orders=len(external_orders),
+        unmapped=len(deficits.unmapped),
+    )
+    return TargetPlan(
+        target=target,
+        donors=donors,
+        decisions=tuple(decisions),
+        transfers=transfers,
+        external_orders=external_orders,
+        unmapped=tuple(deficits.unmapped),
+        summary=summary,
+    )
+
+
+class _DeficitPlanner:
+    """Covers the deficit items of one target and collects the lines they produce."""
+
+    __slots__ = (
+        "_donors",
+        "_free_stock",
+        "_match_key",
+        "_norms",
+        "_products",
+        "_taken",
+        "external_lines",
+        "transfer_lines",
+        "unmapped",
+    )
+
+    def __init__(
+        self,
+        target_inputs: TargetInputs,
+        inputs: PlanningInputs,
+        taken: dict[tuple[str, str], Decimal],
+    ) -> None:
+        self._donors = target_inputs.donors
+        self._free_stock = inputs.free_stock
+        self._norms = inputs.norms
+        self._products = inputs.products
+        self._match_key = inputs.match_key
+        self._taken = taken
+        self.transfer_lines: list[list[TransferLinePlan]] = [[] for _ in self._donors]
+        self.external_lines: list[ExternalLinePlan] = []
+        self.unmapped: list[UnmappedItem] = []
+
+    def cover(self, item: Item, norm: Norm, free: Decimal, inbound: Decimal) -> ItemDecision:
+        """Walk the donors for an item below its minimum, then order or report the rest."""
+        key = item.key
+        minimum = norm.minimum
+        maximum = norm.maximum
+        level = maximum if maximum is not None and maximum >= minimum else minimum
+        need = level - free - inbound
+        package = norm.package_size
+        if package is not None and package <= _ZERO:
+            package = None
+        if package is None:
+            need_rounded = need
+            package_key = EMPTY_GUID
+        else:
+            need_rounded = _ceil_to(need, package)
+            package_key = norm.package_key or EMPTY_GUID
+
+        free_stock = self._free_stock
+        norms = self._norms
+        taken = self._taken
+        open_need = need_rounded
+        takes: list[DonorTake] = []
+        for index, donor in enumerate(self._donors):
+            pair = (key, donor.key)
+            earlier = taken.get(pair, _ZERO)
+            donor_free = free_stock.get(pair, _ZERO) - earlier
+            donor_norm = norms.get(pair)
+            donor_min = _ZERO if donor_norm is None else donor_norm.minimum
+            spare = donor_free - donor_min
+            if spare < _ZERO:
+                spare = _ZERO
+            asked = open_need
+            take = _ZERO
+            if open_need and spare:
+                usable = spare if package is None else _floor_to(spare, package)
+                take = usable if usable < open_need else open_need
+                if take:
+                    open_need -= take
+                    taken[pair] = earlier + take
+                    packages = take if package is None else take / package
+                    self.transfer_lines[index].append(
+                        TransferLinePlan(key, take, packages, package_key)
+                    )
+            takes.append(DonorTake(donor, donor_free, donor_min, spare, asked, take, earlier))
+
+        external = unmapped = _ZERO
+        transferred = open_need < need_rounded
+        if not open_need:
+            decision = TRANSFER
+        elif (product := self._products.get(key)) is not None:
+            external = open_need
+            self.external_lines.append(
+                ExternalLinePlan(key, product, external, product.price_kopecks)
+            )
+            decision = TRANSFER_AND_EXTERNAL if transferred else EXTERNAL
+        else:
+            unmapped = open_need
+            self.unmapped.append(
+                UnmappedItem(item, unmapped, self._match_key, match_value(item, self._match_key))
+            )
+            decision = TRANSFER_AND_UNMAPPED if transferred else UNMAPPED
+
+        deficit = Deficit(
+            level, need, need_rounded, package, tuple(takes), external, unmapped, self._match_key
+        )
+        return ItemDecision(item, decision, norm, free, inbound, deficit)
+
+
+def _split_orders(
+    target: Warehouse, lines: Sequence[ExternalLinePlan], max_positions: int
+) -> tuple[ExternalOrderPlan, ...]:
+    """One order per target; more only when the lines exceed the position limit, cut in item
+    order so the same plan always splits the same way."""
+    if not lines:
+        return ()
+    parts = -(-len(lines) // max_positions)
+    return tuple(
+        ExternalOrderPlan(
+            target=target,
+            part=number + 1,
+            parts=parts,
+            lines=tuple(lines[number * max_positions : (number + 1) * max_positions]),
+        )
+        for number in range(parts)
+    )
