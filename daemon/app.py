@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -72,7 +72,9 @@ class Hub:
         *,
         environ: Mapping[str, str] | None = None,
         secrets: Secrets | None = None,
+        log_stream: TextIO | None = None,
     ) -> None:
+        self.log_stream = log_stream
         self.environ = dict(os.environ if environ is None else environ)
         self.config_path = config_path
         self.config = config
@@ -102,6 +104,7 @@ class Hub:
             fmt=self.config.logging.format,
             redactor=self.redactor,
             hub=self.log_hub,
+            stream=self.log_stream,
         )
         self.log_hub.bind_loop()
         self._install_signal_handlers()
