@@ -20,7 +20,7 @@ up exactly where the previous one stopped.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
@@ -133,8 +133,3 @@ def to_unix(moment: datetime) -> int:
     """Whole unix seconds of an aware datetime (fire times are whole seconds)."""
     _require_aware(moment, "moment")
     return int(moment.timestamp())
-
-
-def from_unix(seconds: float) -> datetime:
-    """The UTC datetime of unix seconds."""
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
