@@ -1,0 +1,503 @@
+"""A protocol-faithful emulator of a UT 11 standard OData publication (reference §5).
+
+``OneCSandbox`` holds the state (built from a ``DemoDataset``) and the knobs; ``make_onec_app``
+serves it over ``aiohttp.web``; ``run_onec_sandbox`` runs it on 127.0.0.1 and yields the base URL
+(``http://127.0.0.1:PORT/ut11/odata/standard.odata/``).
+
+Wire behaviour reproduced: Basic auth (UTF-8) → 401; JSON only with ``$format=json`` (Atom XML
+otherwise); ``odata.metadata`` envelopes; Int64 as strings; ``$metadata`` as EDMX with bindable
+``Balance``/``Post``/``Unpost``; the ``$filter`` subset (``+`` is not a space); ``$select``,
+``$top``, ``$skip``, ``$orderby``, ``$inlinecount``, ``/$count``; ``Balance(Condition=…,
+Dimensions=…)``; 400/404/500 ``odata.error`` bodies with the real codes; the transfer order's
+write and posting rules. Knobs inject latency, a cold start, random faults (500 without
+``odata.error``, 502, a hang that ends in a dropped connection) and "commit, then drop".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote, unquote
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+from daemon.sandbox.dataset import DemoDataset
+from daemon.sandbox.onec_database import (
+    EntityTable,
+    ODataFault,
+    OneCDatabase,
+    Row,
+    filter_rows,
+    unknown_segment,
+)
+from daemon.sandbox.onec_documents import TransferOrders, summary
+from daemon.sandbox.onec_filter import FilterSyntaxError, parse_params
+from daemon.sandbox.onec_schema import ORDER, ORDER_LINES, enums, render_metadata
+
+PREFIX = "/ut11/odata/standard.odata/"
+
+
+class OneCSandbox:
+    """The emulated base plus the knobs tests and benchmarks turn (all mutable at run time)."""
+
+    def __init__(
+        self,
+        dataset: DemoDataset,
+        *,
+        username: str = "hub",
+        password: str = "sandbox",
+        ut_version: str = "11.5",
+    ) -> None:
+        self.dataset = dataset
+        self.username = username
+        self.password = password
+        self.ut_version = ut_version
+        self.db = OneCDatabase(dataset, ut_version)
+        self.orders = TransferOrders(self.db)
+        self.latency_s = 0.0  # added to every request
+        self.balance_latency_s = 0.0  # added to every virtual-table call (they are slow)
+        self.fault_rate = 0.0  # probability of a random 500/502/hang on any request
+        self.hang_s = 2.0  # how long a "timeout" fault holds the request before dropping it
+        self.drop_after_commit = 0  # the next N creating POSTs commit, then drop the connection
+        self.cold_start_s = 0.0  # the first request waits this long (1C starting a session)
+        self.unpublished: set[str] = set()  # entity sets left out of the OData composition
+        self.request_count = 0
+        self.requests_by_kind: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._warm = False
+        self._metadata: dict[frozenset[str], bytes] = {}
+        self.seed = 0
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._seed = value
+        self._rng = random.Random(value)
+
+    # -- inspection for tests --------------------------------------------------------------
+
+    def transfer_orders(self) -> list[dict[str, Any]]:
+        """Every «Заказ на перемещение» in the base, with its lines (see ``summary``)."""
+        return [summary(row) for row in self.orders.all()]
+
+    def mark_transfer_received(self, ref_key: str) -> None:
+        """All lines shipped and received: nothing outstanding, goods moved, status Закрыт."""
+        self.orders.receive(ref_key)
+
+    def set_transfer_outstanding(self, ref_key: str, item_key: str, quantity: Decimal) -> None:
+        """Part of a line shipped: ``quantity`` of ``item_key`` is still outstanding."""
+        self.orders.set_outstanding(ref_key, item_key, quantity)
+
+    def reset_counters(self) -> None:
+        self.request_count = 0
+        self.requests_by_kind.clear()
+        self.max_in_flight = 0
+
+    def metadata_xml(self) -> bytes:
+        hidden = frozenset(self.unpublished)
+        if hidden not in self._metadata:
+            defs = [d for name, d in self.db.defs.items() if name not in hidden]
+            self._metadata[hidden] = render_metadata(defs, enums(self.ut_version))
+        return self._metadata[hidden]
+
+    def published(self, name: str) -> bool:
+        return name in self.db.defs and name not in self.unpublished
+
+    # -- knobs at work ---------------------------------------------------------------------
+
+    async def _delay(self) -> None:
+        if not self._warm:
+            self._warm = True
+            if self.cold_start_s > 0:
+                await asyncio.sleep(self.cold_start_s)
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+
+    def _fault(self) -> str | None:
+        if self.fault_rate > 0 and self._rng.random() < self.fault_rate:
+            return self._rng.choice(("500", "502", "timeout"))
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Request parsing
+# ---------------------------------------------------------------------------------------------
+
+
+def _query(raw: str) -> dict[str, str]:
+    # Deliberately not yarl/aiohttp's parser: those read "+" as a space; 1C does not.
+    options: dict[str, str] = {}
+    for pair in raw.split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            options[unquote(name)] = unquote(value)
+    return options
+
+
+def _split_call(text: str) -> tuple[str, str | None, str]:
+    """``Name(args)/rest`` → (Name, args or None, rest); parentheses inside quotes ignored."""
+    index = 0
+    while index < len(text) and text[index] not in "(/":
+        index += 1
+    name = text[:index]
+    if index == len(text) or text[index] == "/":
+        return name, None, text[index + 1 :]
+    depth, quoted, position = 0, False, index
+    while position < len(text):
+        char = text[position]
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+            if depth == 0:
+                break
+        position += 1
+    if depth != 0:
+        raise ODataFault(400, "6", "Extra segments are found in a request to an entity container!")
+    rest = text[position + 1 :]
+    if rest and not rest.startswith("/"):
+        raise ODataFault(400, "6", "Extra segments are found in a request to an entity container!")
+    return name, text[index + 1 : position], rest[1:]
+
+
+def _params(text: str) -> dict[str, Any]:
+    try:
+        return parse_params(text)
+    except FilterSyntaxError:
+        raise ODataFault(400, "1", f"Не удалось разобрать строку '{text}'") from None
+
+
+def _int_option(options: dict[str, str], name: str) -> int | None:
+    if name not in options:
+        return None
+    value = options[name]
+    if not value.isdigit():
+        raise ODataFault(400, "14", f"Ошибка при разборе опции запроса {name}")
+    return int(value)
+
+
+def _project(rows: list[Row], select: str, known: frozenset[str]) -> list[Row]:
+    if not select or select.strip() == "*":
+        return rows
+    names = [name.strip() for name in select.split(",")]
+    for name in names:
+        if name not in known:
+            raise unknown_segment(name)
+    return [{name: row[name] for name in names} for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------------------------
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
+        content_type="application/json",
+        charset="utf-8",
+        headers={"DataServiceVersion": "3.0", **(headers or {})},
+    )
+
+
+def _atom(set_name: str, rows: list[Row]) -> web.Response:
+    # Just enough Atom for a client to see it did not get JSON (reference §5.3).
+    def entry(row: Row) -> str:
+        props = "".join(
+            f"<d:{name}>{escape(str(value))}</d:{name}>"
+            for name, value in row.items()
+            if not isinstance(value, list)
+        )
+        return (
+            f'<entry><category term="StandardODATA.{set_name}"/>'
+            '<content type="application/xml">'
+            f"<m:properties>{props}</m:properties></content></entry>"
+        )
+
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?><feed xmlns="http://www.w3.org/2005/Atom" '
+        'xmlns:d="http://schemas.microsoft.com/ado/2007/08/dataservices" '
+        'xmlns:m="http://schemas.microsoft.com/ado/2007/08/dataservices/metadata">'
+        f'<title type="text">{escape(set_name)}</title>'
+        + "".join(entry(row) for row in rows)
+        + "</feed>"
+    )
+    return web.Response(text=body, content_type="application/atom+xml", charset="utf-8")
+
+
+def _error(fault: ODataFault, as_json: bool) -> web.Response:
+    if as_json:
+        payload = {
+            "odata.error": {"code": fault.code, "message": {"lang": "ru", "value": fault.message}}
+        }
+        return _json(payload, fault.status)
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?><m:error '
+        'xmlns:m="http://schemas.microsoft.com/ado/2007/08/dataservices/metadata">'
+        f"<m:code>{escape(fault.code)}</m:code>"
+        f'<m:message xml:lang="ru">{escape(fault.message)}</m:message></m:error>'
+    )
+    return web.Response(status=fault.status, text=body, content_type="application/xml")
+
+
+def _drop(request: web.Request) -> web.HTTPException:
+    """Close the connection without an answer; the caller raises what this returns."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.HTTPInternalServerError()
+
+
+# ---------------------------------------------------------------------------------------------
+# The application
+# ---------------------------------------------------------------------------------------------
+
+
+class _Handler:
+    def __init__(self, sandbox: OneCSandbox) -> None:
+        self.sandbox = sandbox
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        box = self.sandbox
+        box.request_count += 1
+        box.in_flight += 1
+        box.max_in_flight = max(box.max_in_flight, box.in_flight)
+        try:
+            await box._delay()
+            fault = box._fault()
+            if fault == "timeout":
+                box.requests_by_kind["fault_timeout"] += 1
+                await asyncio.sleep(box.hang_s)
+                raise _drop(request)
+            if fault is not None:
+                box.requests_by_kind[f"fault_{fault}"] += 1
+                text = "<html><body><h1>Internal Server Error</h1></body></html>"
+                if fault == "502":
+                    text = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+                return web.Response(status=int(fault), text=text, content_type="text/html")
+            if not self._authorized(request):
+                box.requests_by_kind["unauthorized"] += 1
+                return web.Response(
+                    status=401,
+                    text="401 - Unauthorized: Access is denied due to invalid credentials.",
+                    headers={"WWW-Authenticate": 'Basic realm="1C"'},
+                )
+            raw_path = request.rel_url.raw_path
+            if not raw_path.startswith(PREFIX):
+                return web.Response(status=404, text="Not Found")
+            options = _query(request.rel_url.raw_query_string)
+            as_json = options.get("$format") in ("json", "application/json")
+            try:
+                return await self._dispatch(request, unquote(raw_path[len(PREFIX) :]), options)
+            except ODataFault as fault_:
+                box.requests_by_kind["error"] += 1
+                return _error(fault_, as_json)
+        finally:
+            box.in_flight -= 1
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            login, _, password = (
+                base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return login == self.sandbox.username and password == self.sandbox.password
+
+    async def _dispatch(
+        self, request: web.Request, path: str, options: dict[str, str]
+    ) -> web.StreamResponse:
+        box = self.sandbox
+        root = f"{request.scheme}://{request.host}{PREFIX}"
+        if path == "$metadata":
+            box.requests_by_kind["metadata"] += 1
+            return web.Response(
+                body=box.metadata_xml(), content_type="application/xml", charset="utf-8"
+            )
+        as_json = options.get("$format") in ("json", "application/json")
+        if path == "":
+            box.requests_by_kind["service"] += 1
+            sets = [{"name": n, "url": n} for n in box.db.defs if box.published(n)]
+            return _json({"odata.metadata": root + "$metadata", "value": sets})
+        name, key, rest = _split_call(path)
+        if not box.published(name):
+            raise ODataFault(404, "6", f"Сегмент пути {name} не найден!")
+        entity = box.db.defs[name]
+        method = request.method
+        if entity.dimensions:
+            return await self._register(name, key, rest, method, options, root)
+        table = box.db.tables[name]
+        if key is None:
+            if rest == "$count" and method == "GET":
+                box.requests_by_kind["count"] += 1
+                rows = table.select(options.get("$filter", ""), "")
+                return web.Response(text=str(len(rows)), content_type="text/plain")
+            if rest:
+                raise ODataFault(400, "6", "Метод не найден")
+            if method == "GET":
+                box.requests_by_kind["collection"] += 1
+                return self._collection(name, table, options, root, as_json)
+            if method == "POST":
+                return await self._create(request, name, root)
+            raise ODataFault(400, "6", "Метод не найден")
+        ref_key = self._key(table, key)
+        if rest in ("Post", "Unpost") and method == "POST":
+            if name != ORDER:
+                raise ODataFault(400, "6", "Метод не найден")
+            box.requests_by_kind[rest.lower()] += 1
+            if rest == "Post":
+                operational = options.get("PostingModeOperational", "false").lower() == "true"
+                box.orders.post(ref_key[0], operational)
+            else:
+                box.orders.unpost(ref_key[0])
+            return web.Response(status=200)
+        if rest:
+            raise ODataFault(400, "6", "Метод не найден")
+        row = table.get(ref_key)
+        if row is None:
+            raise ODataFault(404, "9", "Экземпляр сущности не найден")
+        if method == "PATCH" and name == ORDER:
+            box.requests_by_kind["patch"] += 1
+            row = box.orders.patch(ref_key[0], await self._body(request))
+        elif method != "GET":
+            raise ODataFault(400, "6", "Метод не найден")
+        else:
+            box.requests_by_kind["entity"] += 1
+        if not as_json:
+            return _atom(name, [row])
+        projected = _project([row], options.get("$select", ""), table.entity.property_names)[0]
+        return _json({"odata.metadata": f"{root}$metadata#{name}/@Element", **projected})
+
+    @staticmethod
+    def _key(table: EntityTable, text: str) -> tuple[Any, ...]:
+        params = _params(text)
+        keys = table.entity.keys
+        if "" in params and len(keys) == 1:
+            return (params[""],)
+        if set(params) != set(keys):
+            raise ODataFault(400, "1", f"Не удалось разобрать ключ '{text}'")
+        return tuple(params[k] for k in keys)
+
+    def _collection(
+        self, name: str, table: EntityTable, options: dict[str, str], root: str, as_json: bool
+    ) -> web.Response:
+        rows = table.select(options.get("$filter", ""), options.get("$orderby", ""))
+        total = len(rows)
+        skip = _int_option(options, "$skip") or 0
+        top = _int_option(options, "$top")
+        page = rows[skip : None if top is None else skip + top]
+        if not as_json:
+            return _atom(name, page)
+        payload: dict[str, Any] = {"odata.metadata": f"{root}$metadata#{name}"}
+        if options.get("$inlinecount") == "allpages":
+            payload["odata.count"] = str(total)
+        payload["value"] = _project(page, options.get("$select", ""), table.entity.property_names)
+        return _json(payload)
+
+    async def _register(
+        self,
+        name: str,
+        key: str | None,
+        rest: str,
+        method: str,
+        options: dict[str, str],
+        root: str,
+    ) -> web.Response:
+        box = self.sandbox
+        function, args, tail = _split_call(rest) if rest else ("", None, "")
+        if key is not None or method != "GET" or tail:
+            raise ODataFault(400, "6", "Метод не найден")
+        if not function:
+            box.requests_by_kind["collection"] += 1
+            return _json({"odata.metadata": f"{root}$metadata#{name}", "value": []})
+        if function != "Balance":
+            raise ODataFault(400, "6", "Метод не найден")
+        box.requests_by_kind["balance"] += 1
+        if box.balance_latency_s > 0:
+            await asyncio.sleep(box.balance_latency_s)
+        params = _params(args) if args else {}
+        unknown = set(params) - {"Condition", "Dimensions", "Period"}
+        if unknown:
+            raise unknown_segment(sorted(unknown)[0])
+        register = box.db.registers[name]
+        rows = register.balance(str(params.get("Condition", "")), str(params.get("Dimensions", "")))
+        dims = {d.prop for d in register.entity.dimensions}
+        known = frozenset(dims | {r + "Balance" for r in register.entity.resources})
+        if options.get("$filter"):
+            rows = filter_rows(rows, options["$filter"], known)
+        skip = _int_option(options, "$skip") or 0
+        top = _int_option(options, "$top")
+        rows = rows[skip : None if top is None else skip + top]
+        payload = {
+            "odata.metadata": f"{root}$metadata#{name}_Balance",
+            "value": _project(rows, options.get("$select", ""), known),
+        }
+        return _json(payload)
+
+    async def _create(self, request: web.Request, name: str, root: str) -> web.StreamResponse:
+        box = self.sandbox
+        if name == ORDER_LINES:
+            raise ODataFault(400, "13", "Cоздание строк табличной части напрямую не поддерживается")
+        if name != ORDER:
+            raise ODataFault(400, "6", "Метод не найден")
+        box.requests_by_kind["create"] += 1
+        row = box.orders.create(await self._body(request))
+        if box.drop_after_commit > 0:
+            box.drop_after_commit -= 1
+            box.requests_by_kind["dropped_after_commit"] += 1
+            raise _drop(request)
+        location = root + quote(f"{name}(guid'{row['Ref_Key']}')", safe="()'_-")
+        return _json(
+            {"odata.metadata": f"{root}$metadata#{name}/@Element", **row},
+            status=201,
+            headers={"Location": location},
+        )
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        try:
+            return json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            raise ODataFault(500, "-1", "Непредвиденный символ при чтении JSON") from None
+
+
+def make_onec_app(sandbox: OneCSandbox) -> web.Application:
+    """The aiohttp application serving ``sandbox`` under ``/ut11/odata/standard.odata/``."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", _Handler(sandbox).handle)
+    return app
+
+
+@asynccontextmanager
+async def run_onec_sandbox(
+    sandbox: OneCSandbox, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Serve ``sandbox``; yields the base URL ending in ``/odata/standard.odata/``."""
+    runner = web.AppRunner(make_onec_app(sandbox), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        address = runner.addresses[0]
+        yield f"http://{address[0]}:{address[1]}{PREFIX}"
+    finally:
+        await runner.cleanup()
