@@ -1,16 +1,15 @@
 """Scheduler: firing on the cron, outcomes, overlap, the control API, and the loop's lifecycle.
 
 Time is virtual (``FakeClock``): the scheduler's sleeps advance it, so days pass in
-milliseconds. The launcher is a small in-test fake with the run manager's single-flight rule.
+milliseconds. The launcher is a small fake with the run manager's single-flight rule; the
+database is real SQLite in tmp_path.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,52 +19,7 @@ from daemon.config import JobSection
 from daemon.errors import ConfigError, NotFoundError
 from daemon.scheduler import Scheduler
 from daemon.store import Database, open_database, schedules
-
-MONDAY = datetime(2026, 11, 30, tzinfo=UTC)  # 09:00 Moscow is 06:00 UTC
-
-
-@dataclass
-class FakeRun:
-    id: str
-    status: str = "running"
-
-
-@dataclass(frozen=True)
-class FakeLaunch:
-    run: FakeRun
-    already_running: bool
-    done: asyncio.Event
-
-
-class FakeLauncher:
-    """One run per job at a time, like the run manager; runs end at once or when told."""
-
-    def __init__(self, *, finish: str | None = "succeeded") -> None:
-        self.finish = finish
-        self.error: Exception | None = None
-        self.launches: list[tuple[str, str, int | None]] = []
-        self.runs: dict[str, FakeLaunch] = {}
-        self._current: dict[str, FakeLaunch] = {}
-
-    async def __call__(self, job: str, trigger: str, fire_id: int | None) -> FakeLaunch:
-        if self.error is not None:
-            raise self.error
-        current = self._current.get(job)
-        if current is not None and not current.done.is_set():
-            return FakeLaunch(current.run, True, current.done)
-        return self.start(job, trigger, fire_id)
-
-    def start(self, job: str, trigger: str = "manual", fire_id: int | None = None) -> FakeLaunch:
-        self.launches.append((job, trigger, fire_id))
-        launch = FakeLaunch(FakeRun(f"run-{len(self.launches)}"), False, asyncio.Event())
-        self.runs[launch.run.id] = self._current[job] = launch
-        if self.finish is not None:
-            self.end(launch.run.id, self.finish)
-        return launch
-
-    def end(self, run_id: str, status: str = "succeeded") -> None:
-        self.runs[run_id].run.status = status
-        self.runs[run_id].done.set()
+from tests.test_scheduler_support import MONDAY, FakeLauncher, history, hourly, running
 
 
 @pytest.fixture
@@ -73,31 +27,6 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     database = await open_database(tmp_path / "hub.db")
     yield database
     await database.close()
-
-
-@asynccontextmanager
-async def running(scheduler: Scheduler, clock: FakeClock) -> AsyncIterator[asyncio.Task[None]]:
-    """Run the loop until the block ends; then it must stop by cancellation, not otherwise."""
-    task = asyncio.create_task(scheduler.run(), name="scheduler-under-test")
-    try:
-        await clock.run_for(0)
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.wait([task])
-        if not task.cancelled() and task.exception() is not None:
-            raise AssertionError("the scheduler loop crashed") from task.exception()
-    assert task.cancelled()
-
-
-async def history(db: Database, job: str = "replenishment") -> list[tuple[str, str, str | None]]:
-    """(nominal UTC time, outcome, run id) of every recorded fire, oldest first."""
-    fires = await schedules.recent_fires(db, job, 1000)
-    return [(f.nominal_at.strftime("%m-%d %H:%M"), f.outcome, f.run_id) for f in reversed(fires)]
-
-
-def hourly(**options: object) -> dict[str, JobSection]:
-    return {"replenishment": JobSection.model_validate({"cron": "0 * * * *", **options})}
 
 
 async def test_default_job_fires_weekdays_at_nine_moscow_only(db: Database) -> None:
