@@ -77,6 +77,8 @@ class MoySkladSandbox:
         self.faults_injected = 0
         self.drops = 0
         self.max_seen_in_flight = 0
+        self.tokens_issued = 0
+        self._peers: set[tuple[str, int]] = set()
 
         self._account = {
             "account": self._ids.new_id(),
@@ -298,7 +300,17 @@ class MoySkladSandbox:
             del self._tokens[token]
         token = self._ids.token()
         self._tokens[token] = login
+        self.tokens_issued += 1
         return token
+
+    def note_peer(self, peer: object) -> None:
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._peers.add((str(peer[0]), int(peer[1])))
+
+    @property
+    def connections_used(self) -> int:
+        """Distinct client connections (host, port) seen: keep-alive keeps this low."""
+        return len(self._peers)
 
     def compress(self) -> bool:
         return not self._ids.chance(self.plain_rate)

@@ -64,6 +64,8 @@ def _accepts_gzip(request: web.Request) -> bool:
 async def protocol(request: web.Request, handler: Handler) -> web.StreamResponse:
     sandbox = sandbox_of(request)
     sandbox.request_count += 1
+    if request.transport is not None:
+        sandbox.note_peer(request.transport.get_extra_info("peername"))
     if not _accepts_gzip(request):
         sandbox.count_415 += 1
         return web.Response(status=415)
