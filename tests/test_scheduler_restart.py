@@ -219,3 +219,20 @@ async def test_long_outage_of_a_minute_job_is_recorded_in_full(db: Database) -> 
     assert [trigger for _, trigger, _ in launcher.launches] == ["schedule"]
     last = await schedules.last_fire(db, "replenishment")
     assert last is not None and last.nominal_at == MONDAY + DAY
+
+
+async def test_disabled_period_is_not_caught_up_when_enabled_again(db: Database) -> None:
+    """Disabled by reload over a fire and enabled again later: that fire is not owed."""
+    launcher = FakeLauncher()
+    clock = FakeClock(FIRE - timedelta(hours=1))
+    scheduler = Scheduler(db, DEFAULT, launcher, clock)
+    async with running(scheduler, clock):
+        await clock.run_until(FIRE + timedelta(hours=1))
+        scheduler.reload({"replenishment": JobSection(enabled=False)})
+        await clock.run_until(FIRE + DAY + timedelta(hours=1))
+        scheduler.reload(DEFAULT)
+        await clock.run_until(FIRE + 2 * DAY + timedelta(hours=1))
+    assert [(when, outcome) for when, outcome, _ in await history(db)] == [
+        ("11-30 06:00", "succeeded"),
+        ("12-02 06:00", "succeeded"),
+    ]
