@@ -19,7 +19,12 @@ from pydantic import SecretStr
 from daemon.errors import CircuitOpenError, ConnectorError, PermanentError, TransientError
 from daemon.model import CustomerOrderDocument, DeliveredDocument, Item, Product
 from daemon.moysklad.failures import SYSTEM
-from daemon.moysklad.orders import find_by_sync_id, order_body, read_outstanding
+from daemon.moysklad.orders import (
+    check_document,
+    find_by_sync_id,
+    order_body,
+    read_outstanding,
+)
 from daemon.moysklad.products import ProductMatcher
 from daemon.moysklad.references import (
     Reference,
@@ -145,6 +150,7 @@ class MoySkladConnector:
         server answers with the earlier order (syncId replay) cannot be told apart from a
         fresh create, so it reports True; the order still exists exactly once.
         """
+        check_document(doc)
         targets = await self._resolve_targets()
         body = order_body(
             doc,

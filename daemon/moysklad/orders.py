@@ -37,6 +37,18 @@ def description(doc: CustomerOrderDocument) -> str:
     return text[:DESCRIPTION_MAX]
 
 
+def check_document(doc: CustomerOrderDocument) -> None:
+    """``PermanentError`` for a document the API would refuse as a whole."""
+    if not doc.lines:
+        raise PermanentError(f"order {doc.external_code} has no positions", system=SYSTEM)
+    if len(doc.lines) > MAX_POSITIONS:
+        raise PermanentError(
+            f"order {doc.external_code} has {len(doc.lines)} positions; МойСклад takes at most "
+            f"{MAX_POSITIONS} in one request (the run must split it)",
+            system=SYSTEM,
+        )
+
+
 def order_body(
     doc: CustomerOrderDocument,
     *,
@@ -46,15 +58,8 @@ def order_body(
     store: Reference | None,
     state: Reference | None,
 ) -> dict[str, Any]:
-    """The POST body; ``PermanentError`` for a document the API would refuse as a whole."""
-    if not doc.lines:
-        raise PermanentError(f"order {doc.external_code} has no positions", system=SYSTEM)
-    if len(doc.lines) > MAX_POSITIONS:
-        raise PermanentError(
-            f"order {doc.external_code} has {len(doc.lines)} positions; МойСклад takes at most "
-            f"{MAX_POSITIONS} in one request (the run must split it)",
-            system=SYSTEM,
-        )
+    """The POST body for ``doc`` (already checked by ``check_document``)."""
+    check_document(doc)
     body: dict[str, Any] = {
         "syncId": doc.sync_id,
         "externalCode": doc.external_code,

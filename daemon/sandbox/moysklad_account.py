@@ -78,6 +78,7 @@ class MoySkladSandbox:
         self.drops = 0
         self.max_seen_in_flight = 0
         self.tokens_issued = 0
+        self.plain_answers = 0
         self._peers: set[tuple[str, int]] = set()
 
         self._account = {
@@ -313,7 +314,10 @@ class MoySkladSandbox:
         return len(self._peers)
 
     def compress(self) -> bool:
-        return not self._ids.chance(self.plain_rate)
+        if self._ids.chance(self.plain_rate):
+            self.plain_answers += 1
+            return False
+        return True
 
     def pick_fault(self) -> int | None:
         if self._ids.chance(self.fault_rate):
