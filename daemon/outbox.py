@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 from pydantic import ValidationError
@@ -52,6 +52,8 @@ from daemon.store.outbox_leases import (
 
 logger = structlog.get_logger(__name__)
 
+_T = TypeVar("_T")
+
 # When the database says a row is due but nothing could be claimed (another processor took it
 # between the two queries), wait this long rather than spinning.
 _MIN_IDLE_S = 0.05
@@ -71,6 +73,24 @@ class CustomerOrderSink(Protocol):
     async def deliver_customer_order(
         self, doc: CustomerOrderDocument, *, look_up_first: bool
     ) -> DeliveredDocument: ...
+
+
+async def _finish_write(write: Awaitable[_T]) -> _T:
+    """Run a database write to its end even if the calling task is cancelled meanwhile.
+
+    Cancellation must not cut a transaction in half: an interrupted ``BEGIN`` can leave the
+    daemon's one shared connection inside a transaction. The write completes, then the
+    cancellation propagates. Rows a completed claim leased to a cancelled lane are not
+    attempted; they become claimable again when their lease expires.
+    """
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("outbox_write_failed_while_cancelled", error=repr(task.exception()))
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,17 +234,17 @@ class OutboxProcessor:
                     slot_freed.clear()
                     await slot_freed.wait()
                     continue
-                claimed = await claim_due(
-                    self._db,
-                    kind=lane.kind,
-                    owner=self._worker_id,
-                    now=self._clock(),
-                    lease_s=self._settings.lease_s,
-                    limit=free,
-                    exclude=sorted(running | retried),
+                claimed = await _finish_write(
+                    claim_due(
+                        self._db,
+                        kind=lane.kind,
+                        owner=self._worker_id,
+                        now=self._clock(),
+                        lease_s=self._settings.lease_s,
+                        limit=free,
+                        exclude=sorted(running | retried),
+                    )
                 )
-                if not claimed:
-                    break
                 for entry in claimed:
                     attempted += 1
                     running.add(entry.id)
@@ -232,6 +252,9 @@ class OutboxProcessor:
                         self._process(entry), name=f"outbox-deliver-{entry.id}"
                     )
                     task.add_done_callback(finished(entry.id))
+                if len(claimed) < free:
+                    # Nothing else is due; rows enqueued from now on are for the next pass.
+                    break
         return attempted
 
     async def _process(self, entry: ClaimedEntry) -> bool:
@@ -311,7 +334,10 @@ class OutboxProcessor:
         while True:
             await asyncio.sleep(lease_s / 3)
             now = self._clock()
-            if not await extend_lease(self._db, entry.id, self._worker_id, now + lease_s, now):
+            renewed = await _finish_write(
+                extend_lease(self._db, entry.id, self._worker_id, now + lease_s, now)
+            )
+            if not renewed:
                 log.warning("outbox_lease_lost", worker_id=self._worker_id)
                 return
 
@@ -321,12 +347,14 @@ class OutboxProcessor:
         log: structlog.typing.FilteringBoundLogger,
         delivered: DeliveredDocument,
     ) -> None:
-        await record_delivered(
-            self._db,
-            entry,
-            external_id=delivered.external_id,
-            number=delivered.number,
-            now=self._clock(),
+        await _finish_write(
+            record_delivered(
+                self._db,
+                entry,
+                external_id=delivered.external_id,
+                number=delivered.number,
+                now=self._clock(),
+            )
         )
         log.info(
             "outbox_delivered",
@@ -361,14 +389,16 @@ class OutboxProcessor:
         delay = full_jitter_delay(
             entry.attempt, settings.retry_base_s, settings.retry_cap_s, self._draw
         )
-        kept = await record_retry(
-            self._db,
-            entry,
-            owner=self._worker_id,
-            error=error,
-            next_attempt_at=now + delay,
-            outcome_unknown=unknown,
-            now=now,
+        kept = await _finish_write(
+            record_retry(
+                self._db,
+                entry,
+                owner=self._worker_id,
+                error=error,
+                next_attempt_at=now + delay,
+                outcome_unknown=unknown,
+                now=now,
+            )
         )
         if not kept:
             log.warning("outbox_lease_lost", worker_id=self._worker_id, error=error)
@@ -383,8 +413,8 @@ class OutboxProcessor:
     async def _dead(
         self, entry: ClaimedEntry, log: structlog.typing.FilteringBoundLogger, error: str
     ) -> None:
-        kept = await record_dead(
-            self._db, entry, owner=self._worker_id, error=error, now=self._clock()
+        kept = await _finish_write(
+            record_dead(self._db, entry, owner=self._worker_id, error=error, now=self._clock())
         )
         if not kept:
             log.warning("outbox_lease_lost", worker_id=self._worker_id, error=error)
@@ -401,14 +431,16 @@ class OutboxProcessor:
         """
         now = self._clock()
         try:
-            await record_retry(
-                self._db,
-                entry,
-                owner=self._worker_id,
-                error="abandoned mid-delivery (processor stopped); outcome unknown",
-                next_attempt_at=now,
-                outcome_unknown=True,
-                now=now,
+            await _finish_write(
+                record_retry(
+                    self._db,
+                    entry,
+                    owner=self._worker_id,
+                    error="abandoned mid-delivery (processor stopped); outcome unknown",
+                    next_attempt_at=now,
+                    outcome_unknown=True,
+                    now=now,
+                )
             )
         except Exception as exc:
             log.warning("outbox_abandon_failed", error=repr(exc))
