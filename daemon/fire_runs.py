@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from daemon.config import JobSection
+from daemon.errors import HubError
 from daemon.store import schedules
 from daemon.store.database import Database
 from daemon.store.schedules import FAILED, SKIPPED, STARTED, SUCCEEDED
@@ -136,7 +137,13 @@ class FireRunner:
             # The run manager refused or broke; the fire says why and the loop carries on.
             detail = f"could not start the run: {exc}"
             await schedules.set_outcome(self._db, fire_id, FAILED, detail=detail)
-            _log.error("schedule_launch_failed", job=job, fire_id=fire_id, error=str(exc))
+            _log.error(
+                "schedule_launch_failed",
+                job=job,
+                fire_id=fire_id,
+                error=str(exc),
+                exc_info=not isinstance(exc, HubError),  # a refusal needs no traceback
+            )
             return
         run_id = result.run.id
         if not result.already_running:
