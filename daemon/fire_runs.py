@@ -79,9 +79,9 @@ class FireRunner:
     async def fire(self, job: str, fire_id: int, trigger: str) -> None:
         """Start a run for a fire just claimed (recorded ``started``)."""
         if job in self._waiting:
-            detail = "another fire of this job is already waiting for the running run"
-            await schedules.set_outcome(self._db, fire_id, SKIPPED, detail=detail)
-            _log.info("schedule_fire_skipped", job=job, count=1, reason=detail)
+            await self._skip(
+                job, fire_id, "another fire of this job is waiting for the running run"
+            )
             return
         await self._launch(job, fire_id, trigger, waits=0)
 
@@ -102,8 +102,7 @@ class FireRunner:
             else:
                 await self._launch(job, waiting.fire_id, waiting.trigger, waits=waiting.waits)
                 continue
-            await schedules.set_outcome(self._db, waiting.fire_id, SKIPPED, detail=detail)
-            _log.info("schedule_fire_skipped", job=job, count=1, reason=detail)
+            await self._skip(job, waiting.fire_id, detail)
 
     async def recover(self) -> None:
         """Settle fires a previous process left ``started``: from the run's row if that run
@@ -162,7 +161,9 @@ class FireRunner:
             self._watch(result)
             _log.info("schedule_fire_waiting", job=job, running_run_id=run_id, fire_id=fire_id)
             return
-        detail = f"run {run_id} of this job was still running"
+        await self._skip(job, fire_id, f"run {run_id} of this job was still running")
+
+    async def _skip(self, job: str, fire_id: int, detail: str) -> None:
         await schedules.set_outcome(self._db, fire_id, SKIPPED, detail=detail)
         _log.info("schedule_fire_skipped", job=job, count=1, reason=detail)
 
