@@ -16,10 +16,25 @@ class OneCSettings(BaseModel):
     username: str = Field(min_length=1, description="1C user (UTF-8); password is a secret")
     ut_version: Literal["auto", "11.4", "11.5"] = "auto"
     organization: str = Field(default="", description="Организация name; empty = the only one")
+    priority: str = Field(
+        default="Средний",
+        description="Catalog_Приоритеты name for the orders; if absent and only one exists, it",
+    )
     request_timeout_s: float = Field(default=120.0, gt=0)
     connect_timeout_s: float = Field(default=15.0, gt=0)
     max_concurrency: int = Field(default=4, ge=1, le=32)
     page_size: int = Field(default=1000, ge=1, le=10000)
+    max_url_bytes: int = Field(
+        default=2048, ge=512, le=65536, description="Longest request path+query sent (IIS: 2048)"
+    )
+    read_attempts: int = Field(
+        default=4, ge=1, le=10, description="Tries per idempotent GET before a TransientError"
+    )
+    retry_base_s: float = Field(default=1.0, gt=0, le=60)
+    retry_cap_s: float = Field(default=15.0, gt=0, le=600)
+    lookup_days: int = Field(
+        default=31, ge=1, le=400, description="How far back the marker search looks for an order"
+    )
     warehouse_keys: dict[str, str] = Field(
         default_factory=dict, description="Pinned Ref_Key per warehouse name"
     )

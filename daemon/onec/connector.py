@@ -1,0 +1,224 @@
+"""``OneCConnector``: the hub's ``OneCPort`` over the UT 11 standard OData interface.
+
+::
+
+    async with OneCConnector(settings, password) as onec:
+        warehouses = await onec.resolve_warehouses(["Магазин Центральный", "Бестужевых"])
+        items, norms, stock = await asyncio.gather(
+            onec.read_items(), onec.read_norms(keys), onec.read_free_stock(keys))
+
+The connector owns one ``aiohttp.ClientSession``. ``$metadata`` is read once, on first use (and
+again on ``check``), to pick the UT 11.4/11.5 dialect and to verify that every object the hub
+uses is published. Reads issued concurrently share ``settings.max_concurrency``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from types import TracebackType
+
+import structlog
+from pydantic import SecretStr
+
+from daemon.errors import ConnectorError, PermanentError
+from daemon.model import DeliveredDocument, Item, Norm, TransferOrderDocument, Warehouse
+from daemon.onec import catalogs, transfers
+from daemon.onec.metadata import (
+    OneCSchema,
+    ServiceMetadata,
+    detect_schema,
+    parse_metadata,
+    types_to_keep,
+    verify_published,
+)
+from daemon.onec.norms import read_norms
+from daemon.onec.settings import OneCSettings
+from daemon.onec.stock import read_free_stock
+from daemon.onec.transport import SYSTEM, ODataTransport
+from daemon.ports import CheckResult
+
+log = structlog.get_logger(__name__)
+
+
+class OneCConnector:
+    """Implements ``daemon.ports.OneCPort``."""
+
+    def __init__(self, settings: OneCSettings, password: SecretStr | None) -> None:
+        self._settings = settings
+        self._transport = ODataTransport(settings, password)
+        self._schema: OneCSchema | None = None
+        self._context: transfers.OrderContext | None = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"OneCConnector(base_url={str(self._settings.base_url)!r})"
+
+    async def __aenter__(self) -> OneCConnector:
+        await self._transport.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._transport.close()
+
+    @property
+    def request_count(self) -> int:
+        """HTTP requests sent so far (benchmarks compare it with the minimum)."""
+        return self._transport.request_count
+
+    # -- $metadata -------------------------------------------------------------------------
+
+    async def _fetch_metadata(self) -> ServiceMetadata:
+        started = time.monotonic()
+        body = await self._transport.get(self._transport.url("$metadata"), what="$metadata")
+        meta = parse_metadata(body, types_to_keep())
+        log.info(
+            "onec_metadata_loaded",
+            entity_sets=len(meta.entity_sets),
+            bytes=len(body),
+            elapsed_s=round(time.monotonic() - started, 3),
+        )
+        return meta
+
+    async def load_metadata(self, *, refresh: bool = False) -> OneCSchema:
+        """The UT dialect, from ``$metadata`` read once and cached; PermanentError naming what
+        is missing from the OData composition."""
+        async with self._lock:
+            if self._schema is None or refresh:
+                meta = await self._fetch_metadata()
+                schema = detect_schema(meta, self._settings.ut_version)
+                verify_published(meta, schema)
+                log.info("onec_version", version=schema.version, detected=schema.detected)
+                self._schema = schema
+            return self._schema
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def resolve_warehouses(self, names: Sequence[str]) -> dict[str, Warehouse]:
+        await self.load_metadata()
+        return await catalogs.resolve_warehouses(
+            self._transport, names, self._settings.warehouse_keys, self._settings.max_url_bytes
+        )
+
+    async def read_items(self) -> list[Item]:
+        await self.load_metadata()
+        return await catalogs.read_items(self._transport)
+
+    async def read_norms(self, warehouse_keys: Sequence[str]) -> dict[tuple[str, str], Norm]:
+        schema = await self.load_metadata()
+        return await read_norms(
+            self._transport,
+            schema,
+            warehouse_keys,
+            page_size=self._settings.page_size,
+            max_url_bytes=self._settings.max_url_bytes,
+        )
+
+    async def read_free_stock(
+        self, warehouse_keys: Sequence[str]
+    ) -> dict[tuple[str, str], Decimal]:
+        await self.load_metadata()
+        return await read_free_stock(self._transport, warehouse_keys)
+
+    async def read_incoming_transfers(self, receiver_key: str) -> dict[str, Decimal]:
+        await self.load_metadata()
+        return await transfers.read_incoming_transfers(
+            self._transport, receiver_key, max_url_bytes=self._settings.max_url_bytes
+        )
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def _order_context(self, schema: OneCSchema) -> transfers.OrderContext:
+        if self._context is None:
+            organization = await catalogs.resolve_organization(
+                self._transport, self._settings.organization
+            )
+            priority = None
+            if schema.has_priority:
+                priority = await catalogs.resolve_priority(self._transport, self._settings.priority)
+            self._context = transfers.OrderContext(organization, priority)
+        return self._context
+
+    async def deliver_transfer_order(
+        self, doc: TransferOrderDocument, *, look_up_first: bool
+    ) -> DeliveredDocument:
+        schema = await self.load_metadata()
+        context = await self._order_context(schema)
+        return await transfers.deliver(
+            self._transport, schema, context, doc, look_up_first=look_up_first
+        )
+
+    # -- check -----------------------------------------------------------------------------
+
+    async def check(self, warehouse_names: Sequence[str]) -> list[CheckResult]:
+        """One line each: reachable, credentials, UT version, objects published, organization
+        and priority, warehouses resolved. Later lines are skipped after a failure."""
+        results: list[CheckResult] = []
+
+        def line(name: str, ok: bool, detail: str) -> None:
+            results.append(CheckResult(SYSTEM, name, ok, detail))
+
+        def skip_rest(names: Sequence[str], why: str) -> list[CheckResult]:
+            for name in names:
+                line(name, False, f"skipped: {why}")
+            return results
+
+        steps = (
+            "reachable",
+            "credentials accepted",
+            "UT version detected",
+            "required objects published",
+            "organization and priority resolved",
+            "warehouses resolved",
+        )
+        host = self._settings.base_url.host or str(self._settings.base_url)
+        try:
+            await self._transport.get(
+                self._transport.url("", [("$format", "json")]), what="service document"
+            )
+        except ConnectorError as exc:
+            if exc.status in (401, 403):
+                line(steps[0], True, host)
+                line(steps[1], False, exc.describe())
+                return skip_rest(steps[2:], "credentials rejected")
+            line(steps[0], False, exc.describe())
+            return skip_rest(steps[1:], "1C not reachable")
+        line(steps[0], True, host)
+        line(steps[1], True, f"user {self._settings.username}")
+        try:
+            meta = await self._fetch_metadata()
+        except ConnectorError as exc:
+            line(steps[2], False, exc.describe())
+            return skip_rest(steps[3:], "$metadata unreadable")
+        schema = detect_schema(meta, self._settings.ut_version)
+        line(steps[2], True, schema.describe())
+        try:
+            verify_published(meta, schema)
+        except PermanentError as exc:
+            line(steps[3], False, str(exc))
+            return skip_rest(steps[4:], "objects missing")
+        line(steps[3], True, "all published")
+        async with self._lock:
+            self._schema = schema
+            self._context = None
+        try:
+            context = await self._order_context(schema)
+            detail = f"organization {context.organization[1]!r}"
+            if context.priority:
+                detail += f", priority {context.priority[1]!r}"
+            line(steps[4], True, detail)
+        except ConnectorError as exc:
+            line(steps[4], False, exc.describe())
+        try:
+            found = await self.resolve_warehouses(warehouse_names)
+            line(steps[5], True, ", ".join(f"{n} → {w.key}" for n, w in found.items()))
+        except ConnectorError as exc:
+            line(steps[5], False, exc.describe())
+        return results

@@ -1,0 +1,221 @@
+"""Min/max norms from ``InformationRegister_ТоварныеОграничения``, resolved as UT resolves them.
+
+UT's ``ТоварныеОграничения.ПодставитьСоединение`` (reference §2.2; 11.5 manager module), for one
+item on one warehouse, among rows with ``ЭтоДействующийПараметр = true``:
+
+1. the detailed row (same item and warehouse, no group) wins;
+2. otherwise a membership row (same item and warehouse, a group) points to the group's setting
+   row (no item, no characteristic, no warehouse, that group), whose values replace the member
+   row's (``ЕСТЬNULL(НастройкаГруппировки.X, Таблица.X)``); without a setting row the member
+   row's own values stand.
+
+Only then is the method checked: the effective row must say ``ПоддержаниеЗапасаМинМакс``. The hub
+works per item, not per characteristic, so only rows with an empty ``Характеристика`` are read.
+A maximum of 0 means "not set" (the target level is then the minimum).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from daemon.model import EMPTY_GUID, Norm
+from daemon.onec import odata
+from daemon.onec.metadata import NORMS, PACKAGES, OneCSchema
+from daemon.onec.transport import ODataTransport, rows_of
+
+log = structlog.get_logger(__name__)
+
+MINMAX = "ПоддержаниеЗапасаМинМакс"
+
+
+@dataclass(frozen=True, slots=True)
+class NormRow:
+    warehouse: str
+    item: str
+    group: str
+    minimum: Decimal
+    maximum: Decimal
+    method: str
+    package: str
+
+
+def decimal(value: Any) -> Decimal:
+    """A JSON number from 1C as Decimal (floats already arrive as Decimal, see odata.loads)."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    if isinstance(value, str):
+        return Decimal(value.strip() or 0)
+    return Decimal(0)
+
+
+def resolve(rows: Iterable[NormRow]) -> dict[tuple[str, str], tuple[NormRow, str]]:
+    """(item, warehouse) → (effective row, "item" | "group"), before the method check."""
+    detailed: dict[tuple[str, str], NormRow] = {}
+    membership: dict[tuple[str, str], NormRow] = {}
+    settings: dict[str, NormRow] = {}
+    for row in rows:
+        has_item, has_wh, has_group = (
+            row.item != EMPTY_GUID,
+            row.warehouse != EMPTY_GUID,
+            row.group != EMPTY_GUID,
+        )
+        if has_item and has_wh and not has_group:
+            detailed[(row.item, row.warehouse)] = row
+        elif has_item and has_wh:
+            # An item in two groups on one warehouse would double UT's own join; the lowest
+            # group key wins so the choice is at least stable.
+            key = (row.item, row.warehouse)
+            if key not in membership or row.group < membership[key].group:
+                membership[key] = row
+        elif not has_item and not has_wh and has_group:
+            settings[row.group] = row
+    resolved: dict[tuple[str, str], tuple[NormRow, str]] = {
+        key: (row, "item") for key, row in detailed.items()
+    }
+    for key, member in membership.items():
+        if key not in resolved:
+            resolved[key] = (settings.get(member.group, member), "group")
+    return resolved
+
+
+async def read_norms(
+    transport: ODataTransport,
+    schema: OneCSchema,
+    warehouse_keys: Sequence[str],
+    *,
+    page_size: int,
+    max_url_bytes: int,
+) -> dict[tuple[str, str], Norm]:
+    """Effective min/max norms per (item key, warehouse key) for ``warehouse_keys``."""
+    started = time.monotonic()
+    wanted = {key.lower() for key in warehouse_keys}
+    group = schema.group_field
+    select = (
+        "Склад_Key",
+        "Номенклатура_Key",
+        group,
+        "МинимальноеКоличествоЗапаса",
+        "МаксимальноеКоличествоЗапаса",
+        "МетодОбеспеченияПотребностей",
+        "УпаковкаЗаказа_Key",
+    )
+
+    def where(run: Sequence[str]) -> str:
+        return odata.all_of(
+            "ЭтоДействующийПараметр eq true",
+            odata.eq("Характеристика_Key", odata.guid(EMPTY_GUID)),
+            # The empty warehouse brings the group setting rows.
+            odata.any_of("Склад_Key", [*run, odata.guid(EMPTY_GUID)]),
+        )
+
+    def render(run: Sequence[str]) -> str:
+        params = [("$format", "json"), ("$filter", where(run)), ("$select", ",".join(select))]
+        # The widest page request get_all will send for this run.
+        params += [("$orderby", f"Склад_Key,Номенклатура_Key,{group}")]
+        params += [("$top", str(page_size)), ("$skip", "9" * 9)]
+        return odata.relative_url(NORMS, params)
+
+    runs = odata.batches([odata.guid(k) for k in sorted(wanted)], render, max_url_bytes)
+    raw: list[Any] = []
+    for run in runs:
+        raw += await transport.get_all(
+            NORMS,
+            where=where(run),
+            select=select,
+            orderby=("Склад_Key", "Номенклатура_Key", group),
+            what="norms",
+        )
+    rows = {
+        (r["Склад_Key"], r["Номенклатура_Key"], r[group]): NormRow(
+            warehouse=r["Склад_Key"],
+            item=r["Номенклатура_Key"],
+            group=r[group],
+            minimum=decimal(r["МинимальноеКоличествоЗапаса"]),
+            maximum=decimal(r["МаксимальноеКоличествоЗапаса"]),
+            method=r["МетодОбеспеченияПотребностей"],
+            package=r["УпаковкаЗаказа_Key"] or EMPTY_GUID,
+        )
+        for r in raw
+    }
+    effective = {
+        key: found
+        for key, found in resolve(rows.values()).items()
+        if key[1].lower() in wanted and found[0].method == MINMAX
+    }
+    package_keys = sorted({row.package for row, _ in effective.values()} - {EMPTY_GUID})
+    sizes = await read_package_sizes(
+        transport, package_keys, page_size=page_size, max_url_bytes=max_url_bytes
+    )
+    norms: dict[tuple[str, str], Norm] = {}
+    for key, (row, source) in effective.items():
+        package = None if row.package == EMPTY_GUID else row.package
+        size = sizes.get(package) if package else None
+        if package and size is None:
+            log.warning("onec_norm_package_unknown", item_key=key[0], package_key=package)
+            package = None
+        norms[key] = Norm(
+            minimum=row.minimum,
+            maximum=row.maximum if row.maximum > 0 else None,
+            package_key=package,
+            package_size=size,
+            source=source,
+        )
+    log.info("onec_read", what="norms", rows=len(raw), norms=len(norms), elapsed_s=_since(started))
+    return norms
+
+
+async def read_package_sizes(
+    transport: ODataTransport, keys: Sequence[str], *, page_size: int, max_url_bytes: int
+) -> dict[str, Decimal]:
+    """Base units per package (Числитель / Знаменатель) for the given package keys.
+
+    Looked up by key in batches; when that would take more requests than reading the whole
+    catalog page by page, the catalog is read instead (one ``$count`` decides)."""
+    if not keys:
+        return {}
+    select = "Ref_Key,Числитель,Знаменатель"
+
+    def render(run: Sequence[str]) -> str:
+        return transport.url(
+            PACKAGES,
+            [("$format", "json"), ("$filter", odata.any_of("Ref_Key", run)), ("$select", select)],
+        )
+
+    runs = odata.batches([odata.guid(k) for k in keys], render, max_url_bytes)
+    rows: list[Any] = []
+    whole_catalog = False
+    if len(runs) > 2:
+        catalog_pages = -(-(await transport.count(PACKAGES, "", what="packages")) // page_size)
+        whole_catalog = catalog_pages < len(runs)
+    if whole_catalog:
+        rows = await transport.get_all(
+            PACKAGES, where="", select=select.split(","), orderby=("Ref_Key",), what="packages"
+        )
+    else:
+        tasks = []
+        async with asyncio.TaskGroup() as group:
+            for run in runs:
+                relative = render(run)
+                tasks.append(group.create_task(transport.get_json(relative, what="packages")))
+        for task in tasks:
+            rows += rows_of(task.result(), "packages")
+    sizes: dict[str, Decimal] = {}
+    for row in rows:
+        numerator, denominator = decimal(row.get("Числитель")), decimal(row.get("Знаменатель"))
+        size = numerator / denominator if denominator > 0 else numerator
+        if size > 0:
+            sizes[row["Ref_Key"]] = size
+    return sizes
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)

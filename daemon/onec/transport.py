@@ -1,0 +1,249 @@
+"""HTTP to the 1C publication: one session, exact URLs, bounded concurrency, retries, errors.
+
+* URLs are built by ``daemon.onec.odata`` and handed to aiohttp as ``yarl.URL(…, encoded=True)``
+  so nothing is re-encoded: what ``relative_url`` returns is what goes on the wire.
+* At most ``max_concurrency`` requests are in flight (a semaphore around each exchange).
+* Only idempotent GETs are retried (``read_attempts`` tries, jittered exponential backoff);
+  writes are sent once. A write whose answer is lost (timeout, dropped connection, a 5xx without
+  ``odata.error``) raises ``OutcomeUnknownError``: it may have been applied.
+* HTTP failures become ``daemon.errors`` classes here and nowhere else: 401/403/404/400, a 500
+  *with* ``odata.error`` (a refusal by 1C itself: posting check, handler) are permanent;
+  timeouts, connection errors, 429, 502/503/504 and a 500 without ``odata.error`` (a cold or
+  crashed worker) are transient.
+* The password lives only in the prepared ``Authorization`` header, never in a message or log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import structlog
+import yarl
+from pydantic import SecretStr
+
+from daemon.errors import (
+    ConnectorError,
+    OutcomeUnknownError,
+    PermanentError,
+    TransientError,
+)
+from daemon.onec import odata
+from daemon.onec.settings import OneCSettings
+
+log = structlog.get_logger(__name__)
+
+SYSTEM = "1c"
+_TRANSIENT_STATUS = {429, 502, 503, 504}
+
+
+class ODataTransport:
+    """Owns the one ``aiohttp.ClientSession`` of the 1C connector."""
+
+    def __init__(self, settings: OneCSettings, password: SecretStr | None) -> None:
+        self._settings = settings
+        base = str(yarl.URL(str(settings.base_url)))
+        self.base = base if base.endswith("/") else base + "/"
+        secret = password.get_secret_value() if password is not None else ""
+        self._headers = {
+            "Authorization": aiohttp.encode_basic_auth(settings.username, secret, "utf-8"),
+            "Accept": "application/json",
+        }
+        self._semaphore = asyncio.Semaphore(settings.max_concurrency)
+        self._session: aiohttp.ClientSession | None = None
+        self._rng = random.Random()
+        self.request_count = 0
+
+    def __repr__(self) -> str:
+        return f"ODataTransport(base={self.base!r}, user={self._settings.username!r})"
+
+    async def open(self) -> None:
+        timeout = aiohttp.ClientTimeout(
+            total=self._settings.request_timeout_s + self._settings.connect_timeout_s,
+            connect=self._settings.connect_timeout_s,
+            sock_read=self._settings.request_timeout_s,
+        )
+        connector = aiohttp.TCPConnector(limit=self._settings.max_concurrency)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, connector=connector, headers=self._headers
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, path: str, params: Sequence[tuple[str, str]] = ()) -> str:
+        """The encoded relative URL, refused if longer than ``max_url_bytes``."""
+        relative = odata.relative_url(path, params)
+        if len(relative) > self._settings.max_url_bytes:
+            raise PermanentError(
+                f"request to {path.split('(')[0]} would be {len(relative)} bytes long, over the "
+                f"{self._settings.max_url_bytes}-byte limit (onec.max_url_bytes)",
+                system=SYSTEM,
+            )
+        return relative
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, relative: str, *, what: str) -> bytes:
+        """GET with retries; returns the body of a 2xx answer."""
+        attempts = self._settings.read_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                _, body, _ = await self._exchange("GET", relative, None, what=what, unsafe=False)
+                return body
+            except TransientError as exc:
+                if attempt == attempts:
+                    raise
+                delay = min(
+                    self._settings.retry_cap_s, self._settings.retry_base_s * 2 ** (attempt - 1)
+                ) * self._rng.uniform(0.5, 1.0)
+                log.warning(
+                    "onec_read_retry",
+                    what=what,
+                    attempt=attempt,
+                    delay_s=round(delay, 3),
+                    error=exc.describe(),
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def get_json(self, relative: str, *, what: str) -> Any:
+        body = await self.get(relative, what=what)
+        try:
+            return odata.loads(body)
+        except ValueError as exc:
+            raise PermanentError(
+                f"1C answered {what} with something that is not JSON", system=SYSTEM
+            ) from exc
+
+    async def count(self, set_name: str, where: str, *, what: str) -> int:
+        """``<Set>/$count`` (a bare number; ``$inlinecount`` is not combined with paging)."""
+        filters = [("$filter", where)] if where else []
+        relative = self.url(f"{set_name}/$count", [("$format", "json"), *filters])
+        text = (await self.get(relative, what=f"{what} (count)")).decode("utf-8", "replace")
+        text = text.strip().strip('"')
+        if not text.isdigit():
+            raise PermanentError(f"1C answered {what} (count) with {text[:40]!r}", system=SYSTEM)
+        return int(text)
+
+    async def get_all(
+        self,
+        set_name: str,
+        *,
+        where: str,
+        select: Sequence[str],
+        orderby: Sequence[str],
+        what: str,
+    ) -> list[Any]:
+        """Every row of a (filtered) entity set, paged with ``$top``/``$skip`` and a stable
+        ``$orderby``; pages after the first are fetched concurrently once ``/$count`` says how
+        many there are. 1C sends no ``odata.nextLink``, so the client pages."""
+        size = self._settings.page_size
+        filters = [("$filter", where)] if where else []
+        params = [("$format", "json"), *filters, ("$select", ",".join(select))]
+        params.append(("$orderby", ",".join(orderby)))
+
+        async def page(index: int) -> list[Any]:
+            relative = self.url(
+                set_name, [*params, ("$top", str(size)), ("$skip", str(index * size))]
+            )
+            answer = await self.get_json(relative, what=f"{what} (page {index + 1})")
+            return rows_of(answer, what)
+
+        rows = await page(0)
+        if len(rows) < size:
+            return rows
+        count = await self.count(set_name, where, what=what)
+        pages = -(-count // size)
+        tasks: list[asyncio.Task[list[Any]]] = []
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(page(index)) for index in range(1, pages)]
+        for task in tasks:
+            rows.extend(task.result())
+        # Rows added between the count and the pages: keep going while pages come back full.
+        index = max(pages, 1)
+        while len(rows) >= index * size and index < pages + 1000:
+            extra = await page(index)
+            rows.extend(extra)
+            index += 1
+        return rows
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def send(
+        self, method: str, relative: str, payload: Any, *, what: str
+    ) -> tuple[int, bytes, str | None]:
+        """A write, sent once. Returns (status, body, Location header) of a 2xx answer."""
+        body = None if payload is None else odata.dumps(payload)
+        return await self._exchange(method, relative, body, what=what, unsafe=True)
+
+    # -- one exchange ----------------------------------------------------------------------
+
+    async def _exchange(
+        self, method: str, relative: str, body: bytes | None, *, what: str, unsafe: bool
+    ) -> tuple[int, bytes, str | None]:
+        if self._session is None:
+            raise RuntimeError("the 1C connector is not open (use 'async with')")
+        url = yarl.URL(self.base + relative, encoded=True)
+        headers = {"Content-Type": "application/json; charset=utf-8"} if body is not None else None
+        started = time.monotonic()
+        async with self._semaphore:
+            self.request_count += 1
+            try:
+                async with self._session.request(method, url, data=body, headers=headers) as resp:
+                    content = await resp.read()
+                    status = resp.status
+                    location = resp.headers.get("Location")
+            except aiohttp.ClientConnectorError as exc:
+                # Never reached the server: nothing can have been applied.
+                raise TransientError(
+                    f"cannot connect to 1C for {what}: {exc.os_error}", system=SYSTEM
+                ) from exc
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                kind = "timed out" if isinstance(exc, TimeoutError) else "lost the connection"
+                cls = OutcomeUnknownError if unsafe else TransientError
+                raise cls(f"1C {kind} during {what}", system=SYSTEM) from exc
+        log.debug(
+            "onec_request",
+            what=what,
+            method=method,
+            status=status,
+            elapsed_s=round(time.monotonic() - started, 3),
+        )
+        if 200 <= status < 300:
+            return status, content, location
+        raise classify(status, content, what=what, unsafe=unsafe, user=self._settings.username)
+
+
+def classify(status: int, body: bytes, *, what: str, unsafe: bool, user: str) -> ConnectorError:
+    """The ``daemon.errors`` class for a non-2xx answer."""
+    code, message = odata.parse_error(body)
+    cls: type[ConnectorError] = PermanentError
+    if status == 401:
+        text = f"1C rejected the credentials of user {user!r}"
+    elif status == 403:
+        text = f"1C user {user!r} has no rights for {what}"
+    elif status in _TRANSIENT_STATUS or (status >= 500 and code is None):
+        cls = OutcomeUnknownError if unsafe else TransientError
+        text = f"1C answered {what} with HTTP {status}"
+    elif status == 404 and code == "9":
+        text = f"{what}: no such object in 1C"
+    elif status >= 500:
+        text = f"1C refused {what}"
+    else:
+        text = f"1C rejected {what}"
+    return cls(text, system=SYSTEM, status=status, code=code, remote_message=message)
+
+
+def rows_of(answer: Any, what: str) -> list[Any]:
+    """The ``value`` list of a collection answer."""
+    value = answer.get("value") if isinstance(answer, dict) else None
+    if not isinstance(value, list):
+        raise PermanentError(f"1C answered {what} without a 'value' list", system=SYSTEM)
+    return value
