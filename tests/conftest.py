@@ -208,3 +208,46 @@ async def hub_factory() -> AsyncIterator[Any]:
             await hub.proc.wait()
         for reader in hub._readers:
             reader.cancel()
+
+
+@dataclass
+class Sandboxes:
+    """Both emulators with the demo data set, and a config pointing hubd at them."""
+
+    dataset: Any
+    onec: Any
+    moysklad: Any
+    config: Path
+    socket_path: Path
+    env: dict[str, str]
+
+
+ONEC_TEST_PASSWORD = "onec-pass-7Q2x"
+MOYSKLAD_TEST_TOKEN = "ms-token-4f1c9a7e"
+
+
+@pytest.fixture
+async def sandboxes(tmp_path: Path) -> AsyncIterator[Sandboxes]:
+    from daemon.sandbox.dataset import build_demo_dataset
+    from daemon.sandbox.moysklad_emulator import MoySkladSandbox, run_moysklad_sandbox
+    from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
+
+    dataset = build_demo_dataset(n_items=300, seed=42)
+    onec = OneCSandbox(dataset, username="hub", password=ONEC_TEST_PASSWORD)
+    moysklad = MoySkladSandbox(
+        dataset.moysklad_products, token=MOYSKLAD_TEST_TOKEN, weight=1
+    )
+    async with (
+        run_onec_sandbox(onec) as onec_url,
+        run_moysklad_sandbox(moysklad) as moysklad_url,
+    ):
+        sections = base_sections(tmp_path, onec_url, moysklad_url)
+        config = write_config(tmp_path / "config.toml", sections)
+        yield Sandboxes(
+            dataset,
+            onec,
+            moysklad,
+            config,
+            tmp_path / "hubd.sock",
+            {"HUB_ONEC_PASSWORD": ONEC_TEST_PASSWORD, "HUB_MOYSKLAD_TOKEN": MOYSKLAD_TEST_TOKEN},
+        )

@@ -1,0 +1,134 @@
+"""The whole job end to end: hubd as a subprocess against both emulators with the demo data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from typing import Any
+
+from tests.conftest import Sandboxes
+
+FINAL = {"delivered", "dead", "discarded"}
+
+
+async def _start(sandboxes: Sandboxes, hub_factory: Any) -> Any:
+    hub = await hub_factory(sandboxes.config, sandboxes.socket_path, **sandboxes.env)
+    await hub.wait_socket()
+    return hub
+
+
+async def _run(hub: Any, *extra: str) -> dict[str, Any]:
+    result = await hub.ctl("run", "replenishment", "--follow", *extra, timeout=120)
+    assert result.code == 0, (result.out, result.err, hub.stderr[-2000:])
+    listing = json.loads((await hub.ctl("--json", "runs", "-n", "1")).out)
+    run_id = listing["runs"][0]["id"]
+    shown = await hub.ctl("--json", "runs", "show", run_id)
+    assert shown.code == 0, shown.err
+    detail: dict[str, Any] = json.loads(shown.out)
+    return detail
+
+
+async def _wait_delivered(hub: Any, timeout: float = 60) -> list[dict[str, Any]]:
+    async with asyncio.timeout(timeout):
+        while True:
+            entries: list[dict[str, Any]] = json.loads((await hub.ctl("--json", "outbox")).out)[
+                "entries"
+            ]
+            if entries and all(e["state"] in FINAL for e in entries):
+                return entries
+            await asyncio.sleep(0.3)
+
+
+def _dec(text: str) -> Decimal:
+    return Decimal(text) if text else Decimal(0)
+
+
+async def test_plan_matches_the_data_set_case_by_case_and_documents_are_delivered(
+    sandboxes: Sandboxes, hub_factory: Any
+) -> None:
+    """hubctl run --follow, then the plan equals the data set's expected outcome for every item,
+    the outbox holds exactly the expected documents, and both systems receive them once."""
+    hub = await _start(sandboxes, hub_factory)
+    detail = await _run(hub)
+    assert detail["run"]["status"] == "succeeded"
+    expected = sandboxes.dataset.expected
+    by_key = {item["item_key"]: item for item in detail["items"]}
+    assert set(expected) <= set(by_key)
+    cases_seen = set()
+    for key, outcome in expected.items():
+        item = by_key[key]
+        takes = {d["donor"]: _dec(d["take"]) for d in item["donors"] if _dec(d["take"])}
+        expected_takes = {k: v for k, v in outcome.takes.items() if v}
+        assert takes == expected_takes, (outcome.case, item)
+        assert _dec(item["external"]) == outcome.external, (outcome.case, item)
+        assert _dec(item["unmapped"]) == outcome.unmapped, (outcome.case, item)
+        cases_seen.add(outcome.case)
+    assert len(cases_seen) >= 12
+
+    # the outbox: one transfer per donor that gives something, one МойСклад order
+    donors_giving = {d for o in expected.values() for d, q in o.takes.items() if q}
+    external_items = [k for k, o in expected.items() if o.external]
+    entries = await _wait_delivered(hub)
+    kinds = sorted(e["kind"] for e in entries)
+    assert kinds == sorted(
+        ["onec_transfer_order"] * len(donors_giving)
+        + (["moysklad_customer_order"] if external_items else [])
+    )
+    assert all(e["state"] == "delivered" for e in entries), entries
+
+    # both systems hold exactly those documents, posted, with the planned quantities
+    orders_1c = sandboxes.onec.transfer_orders()
+    assert len(orders_1c) == len(donors_giving)
+    assert all(o["Posted"] for o in orders_1c)
+    moved = {
+        (o["sender"], line["item_key"]): line["quantity"] for o in orders_1c for line in o["lines"]
+    }
+    for key, outcome in expected.items():
+        for donor, qty in outcome.takes.items():
+            if qty:
+                assert moved[(sandboxes.dataset.warehouse_key(donor), key)] == qty
+    orders_ms = sandboxes.moysklad.orders()
+    assert len(orders_ms) == 1
+    assert len(orders_ms[0]["positions"]) == len(external_items)
+
+    # a second run while those documents are open orders nothing new for the same deficit
+    second = await _run(hub)
+    assert second["run"]["status"] == "succeeded"
+    assert second["run"]["counts"].get("documents", "0") in ("0", 0)
+    again = {item["item_key"]: item for item in second["items"]}
+    for key, outcome in expected.items():
+        if outcome.takes or outcome.external:
+            assert not _dec(again[key]["external"]), again[key]
+            assert not any(_dec(d["take"]) for d in again[key]["donors"]), again[key]
+    assert len(sandboxes.onec.transfer_orders()) == len(donors_giving)
+    assert len(sandboxes.moysklad.orders()) == 1
+    assert await hub.stop() == 0
+
+
+async def test_dry_run_stores_a_plan_and_touches_no_outbox(
+    sandboxes: Sandboxes, hub_factory: Any
+) -> None:
+    """--dry-run computes and stores the plan; nothing is enqueued or created."""
+    hub = await _start(sandboxes, hub_factory)
+    detail = await _run(hub, "--dry-run")
+    assert detail["run"]["dry_run"] is True and detail["run"]["status"] == "succeeded"
+    assert detail["items"], "the plan is stored"
+    assert json.loads((await hub.ctl("--json", "outbox")).out)["entries"] == []
+    assert sandboxes.onec.transfer_orders() == [] and sandboxes.moysklad.orders() == []
+    assert await hub.stop() == 0
+
+
+async def test_failed_read_fails_the_run_and_enqueues_nothing(
+    sandboxes: Sandboxes, hub_factory: Any
+) -> None:
+    """A permanent error reading 1C (credentials refused) fails the run with 1C's reason."""
+    sandboxes.onec.password = "changed-by-the-1c-admin"
+    hub = await _start(sandboxes, hub_factory)
+    result = await hub.ctl("run", "replenishment", "--follow", timeout=120)
+    assert result.code == 1
+    runs = json.loads((await hub.ctl("--json", "runs")).out)["runs"]
+    assert runs[0]["status"] == "failed"
+    assert "401" in runs[0]["reason"]
+    assert json.loads((await hub.ctl("--json", "outbox")).out)["entries"] == []
+    assert await hub.stop() == 0
