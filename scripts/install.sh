@@ -68,8 +68,9 @@ install_hub() {
     # left there would carry deleted modules into the new install. A local directory is always
     # rebuilt and reinstalled, so this is also the upgrade.
     build_dir="$(mktemp -d)"
-    tar -C "$src" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
-        --exclude=./state --exclude='*cache*' -cf - . | tar -C "$build_dir" -xf -
+    tar -C "$src" --exclude='./.*' --exclude=./build --exclude=./dist --exclude='*.egg-info' \
+        --exclude=__pycache__ --exclude=./state --exclude=./tests --exclude=./benchmarks \
+        -cf - . | tar -C "$build_dir" -xf -
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$build_dir"
     install -m 0644 "$src/README.md" "$prefix/README.md"
     # the shipped default, to compare with /etc/hubd/config.toml after an upgrade
