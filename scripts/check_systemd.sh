@@ -65,7 +65,7 @@ if [[ -n "$verify_out" || $verify_rc -ne 0 ]]; then
     verify_ok=0
     echo "verify: FAILED (exit $verify_rc)"
     # show the unit's own path rather than the temporary copy's
-    sed "s#$work/$(basename "$unit")#$unit#g" <<<"$verify_out"
+    echo "${verify_out//"$target"/"$unit"}"
 else
     echo "verify: clean"
 fi
