@@ -131,6 +131,19 @@ async def test_exhausted_bucket_gives_429_1049_with_retry_after_in_ms() -> None:
     assert sandbox.count_429 == 1
 
 
+async def test_buckets_are_per_user() -> None:
+    """One user's exhausted bucket does not limit another user of the same account."""
+    sandbox = MoySkladSandbox(PRODUCTS, weight=4)
+    sandbox.add_user("robot@bisnesmedia", "secret", token="robot-token")
+    sandbox.exhaust_budget("hub@bisnesmedia")
+    async with raw_client(sandbox) as (url, session):
+        status_hub, _, _ = await call(session, "GET", f"{url}entity/store")
+        robot = {**HEADERS, "Authorization": "Bearer robot-token"}
+        status_robot, _, headers = await call(session, "GET", f"{url}entity/store", headers=robot)
+    assert status_hub == 429
+    assert status_robot == 200 and headers["X-RateLimit-Remaining"] == "10"
+
+
 async def test_more_than_five_in_flight_gives_429_1073() -> None:
     """A sixth concurrent request of one user is refused with 429/1073."""
     sandbox = MoySkladSandbox(PRODUCTS, weight=1)

@@ -1,0 +1,149 @@
+"""Benchmark the МойСклад connector against the emulator: 20,000 products, then 50 orders.
+
+Run: ``.venv/bin/python benchmarks/bench_moysklad.py`` (about 25 s; ``--weights 4`` for the
+user-token case only). For each credential weight (4 = user token from 2026-12-01, 1 =
+solution token) a fresh emulator with that weight serves 20,000 products; the connector matches
+20,000 items to them (paging the product list) and creates 50 orders of 20 positions, issued all
+at once the way a busy outbox would. It prints each figure next to its reference:
+
+- 429s received: target 0;
+- wall time against the bucket-bound minimum ``requests × 3000 ms / (45 / weight)``:
+  target ratio ≤ 1.15 (below 1 is possible: the bucket starts full, 45 units of burst);
+- 1073s (parallel limit) and 415s (no gzip): target 0.
+
+Exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import structlog
+from pydantic import SecretStr
+
+from daemon.model import CustomerOrderDocument, Item, OrderLine, Product, deterministic_uuid
+from daemon.moysklad.connector import MoySkladConnector
+from daemon.moysklad.settings import MoySkladSettings
+from daemon.sandbox.moysklad_emulator import MoySkladSandbox, run_moysklad_sandbox
+
+RATIO_TARGET = 1.15
+BUCKET_UNITS = 45
+INTERVAL_MS = 3000
+
+
+def orders_for(products: list[Product], count: int, lines: int) -> list[CustomerOrderDocument]:
+    documents = []
+    for number in range(count):
+        chosen = products[number * lines : (number + 1) * lines]
+        key = f"bench-order-{number}"
+        documents.append(
+            CustomerOrderDocument(
+                idempotency_key=key,
+                sync_id=deterministic_uuid(key),
+                run_id="bench",
+                external_code=f"hub-bench-{number}",
+                description="bisnesmedia-hub benchmark, run bench",
+                target_name="Магазин",
+                lines=tuple(
+                    OrderLine(
+                        product_id=product.id,
+                        item_key=f"item-{product.match_value}",
+                        quantity=product.price_kopecks % 7 + 1,
+                        price_kopecks=product.price_kopecks,
+                    )
+                    for product in chosen
+                ),
+            )
+        )
+    return documents
+
+
+async def measure(weight: int, product_count: int, order_count: int, latency_ms: float) -> bool:
+    catalogue = [(f"A-{n:06d}", f"Товар {n}", 1000 + n) for n in range(product_count)]
+    sandbox = MoySkladSandbox(catalogue, weight=weight)
+    sandbox.latency_s = latency_ms / 1000
+    items = [
+        Item(key=f"item-{n:06d}", code=f"УТ-{n:08d}", article=article, name=name)
+        for n, (article, name, _) in enumerate(catalogue)
+    ]
+    async with run_moysklad_sandbox(sandbox) as url:
+        settings = MoySkladSettings.model_validate(
+            {
+                "base_url": url,
+                "organization": "ООО «Бизнесмедиа»",
+                "agent": "ООО «Поставщик»",
+                "store": "Основной склад",
+                "price_type": "Цена продажи",
+                "request_weight": weight,
+            }
+        )
+        async with MoySkladConnector(settings, SecretStr("sandbox-token"), None) as connector:
+            started = time.monotonic()
+            matched = await connector.match_products(items)
+            read_s = time.monotonic() - started
+            documents = orders_for(list(matched.values()), order_count, 20)
+            delivered = await asyncio.gather(
+                *(connector.deliver_customer_order(doc, look_up_first=False) for doc in documents)
+            )
+            wall_s = time.monotonic() - started
+    requests = sandbox.request_count
+    bound_s = requests * INTERVAL_MS / (BUCKET_UNITS / weight) / 1000
+    ratio = wall_s / bound_s
+    burst = BUCKET_UNITS // weight
+    steady_s = max(requests - burst, 1) * INTERVAL_MS / (BUCKET_UNITS / weight) / 1000
+    created = len({document.external_id for document in delivered})
+    print(f"weight {weight} ({'user token' if weight == 4 else 'solution token'}):")
+    print(f"  products matched      {len(matched):>8}   (reference {product_count})")
+    print(f"  orders created        {created:>8}   (reference {order_count})")
+    print(f"  requests sent         {requests:>8}")
+    print(f"  429s received         {sandbox.count_429:>8}   (target 0)")
+    print(f"  1073s received        {sandbox.count_1073:>8}   (target 0)")
+    print(f"  415s received         {sandbox.count_415:>8}   (target 0)")
+    print(f"  read phase            {read_s:>8.2f} s")
+    print(f"  wall time             {wall_s:>8.2f} s")
+    print(
+        f"  bucket-bound minimum  {bound_s:>8.2f} s ({requests} × {INTERVAL_MS} ms / (45/{weight}))"
+    )
+    print(f"  ratio                 {ratio:>8.3f}   (target ≤ {RATIO_TARGET})")
+    print(
+        f"  ratio without burst   {wall_s / steady_s:>8.3f}   (informative: the first {burst} "
+        "requests ride the full bucket)"
+    )
+    return (
+        sandbox.count_429 == 0
+        and sandbox.count_1073 == 0
+        and sandbox.count_415 == 0
+        and ratio <= RATIO_TARGET
+        and created == order_count
+        and len(matched) == product_count
+    )
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=int, nargs="+", default=[4, 1])
+    parser.add_argument("--products", type=int, default=20_000)
+    parser.add_argument("--orders", type=int, default=50)
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="emulated server time")
+    args = parser.parse_args()
+    # The connector logs every order; the benchmark prints only its figures.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+    print(
+        f"МойСклад connector vs emulator: {args.products} products, {args.orders} orders "
+        f"of 20 positions, {args.latency_ms:g} ms server latency"
+    )
+    results = [
+        await measure(weight, args.products, args.orders, args.latency_ms)
+        for weight in args.weights
+    ]
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
