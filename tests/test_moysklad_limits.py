@@ -140,6 +140,16 @@ def test_circuit_ignores_different_or_old_failures() -> None:
     assert breaker.state == "open"
 
 
+def test_successes_in_between_do_not_hide_repeated_failures() -> None:
+    """Identical failures interleaved with successes still open the circuit at the threshold."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=3, window_s=60, open_s=30, clock=clock)
+    for _ in range(3):
+        breaker.record_success(breaker.before_call())
+        breaker.record_failure("POST entity/customerorder http 412 1021", breaker.before_call())
+    assert breaker.state == "open"
+
+
 def test_half_open_probe_success_closes_and_failure_reopens() -> None:
     """After open_s one probe is allowed; its success closes, its failure re-opens."""
     clock = FakeClock()

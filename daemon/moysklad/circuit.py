@@ -80,12 +80,13 @@ class CircuitBreaker:
             self._probe_out = False
 
     def record_success(self, probe: bool) -> None:
+        # Successes do not clear the failure windows: the provider counts identical failing
+        # requests per minute whatever else succeeds in between.
         if probe or self._open_until is not None:
             log.info("moysklad_circuit_closed", reason=self.reason)
-        self._open_until = None
-        self._probe_out = False
-        self._failures.clear()
-        self.reason = ""
+            self._open_until = None
+            self._probe_out = False
+            self.reason = ""
 
     def record_failure(self, signature: str, probe: bool) -> None:
         now = self._clock()
