@@ -20,7 +20,7 @@ import base64
 import binascii
 import json
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -74,6 +74,7 @@ class OneCSandbox:
         self.requests_by_kind: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.raw_requests: deque[str] = deque(maxlen=500)  # "METHOD raw-path?raw-query", newest last
         self._warm = False
         self._metadata: dict[frozenset[str], bytes] = {}
         self.seed = 0
@@ -105,6 +106,7 @@ class OneCSandbox:
         self.request_count = 0
         self.requests_by_kind.clear()
         self.max_in_flight = 0
+        self.raw_requests.clear()
 
     def metadata_xml(self) -> bytes:
         hidden = frozenset(self.unpublished)
@@ -275,6 +277,7 @@ class _Handler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         box = self.sandbox
         box.request_count += 1
+        box.raw_requests.append(f"{request.method} {request.rel_url.raw_path_qs}")
         box.in_flight += 1
         box.max_in_flight = max(box.max_in_flight, box.in_flight)
         try:
