@@ -396,3 +396,41 @@ async def test_metadata_lists_states_with_state_types() -> None:
     assert kinds["Новый"] == "Regular"
     assert kinds["Отгружен"] == "Successful"
     assert kinds["Отменен"] == "Unsuccessful"
+
+
+async def test_positions_sub_resource_put_replacement_and_deletes() -> None:
+    """POST …/positions adds, PUT positions replaces the set (matching ids kept), DELETE works."""
+    sandbox = MoySkladSandbox(PRODUCTS, weight=1)
+    nut = sandbox.entity_id("product", "Гайка М8")
+    async with raw_client(sandbox) as (url, session):
+        _, order, _ = await call(
+            session, "POST", f"{url}entity/customerorder", body=order_body(sandbox, url)
+        )
+        orders = f"{url}entity/customerorder"
+        positions = f"{orders}/{order['id']}/positions"
+        status, added, _ = await call(
+            session,
+            "POST",
+            positions,
+            body=[{"quantity": 2, "assortment": meta_ref(url, "product", nut)}],
+        )
+        assert status == 200 and added[0]["quantity"] == 2
+        _, page, _ = await call(session, "GET", positions, params={"limit": "1"})
+        assert page["meta"]["size"] == 2 and len(page["rows"]) == 1
+        kept = page["rows"][0]
+        status, _, _ = await call(
+            session,
+            "PUT",
+            f"{orders}/{order['id']}",
+            body={
+                "positions": [{"id": kept["id"], "quantity": 9, "assortment": kept["assortment"]}]
+            },
+        )
+        assert status == 200
+        _, after, _ = await call(session, "GET", positions)
+        assert [(row["id"], row["quantity"]) for row in after["rows"]] == [(kept["id"], 9)]
+        status, _, _ = await call(session, "PUT", orders, body={"name": "x"})
+        assert status == 400
+        status, body, _ = await call(session, "DELETE", f"{orders}/{order['id']}")
+        assert status == 200 and body == b""
+    assert sandbox.orders() == []

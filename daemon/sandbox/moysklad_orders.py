@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.sandbox.moysklad_validation import (
-    MAX_ARRAY,
     Position,
     RequestContext,
     field_error,
@@ -201,8 +200,6 @@ class OrderBook:
     def add_positions(self, order_id: str, body: Any, ctx: RequestContext) -> list[Position]:
         order = self.orders[order_id]
         items = body if isinstance(body, list) else [body]
-        if len(order.positions) + len(items) > MAX_ARRAY * 100:
-            raise ApiError(413, 2022, "Слишком много позиций в документе")
         added = parse_positions(items, ctx, self._ids)
         order.positions.extend(added)
         order.version += 1
