@@ -196,9 +196,10 @@ class Hub:
             changed = config_changes(self.config, new)
             self.secrets = load_secrets(self.environ)
             self.redactor.set_secrets(self.secrets.values())
+            # logged before applying, so a new, higher log level cannot hide this line
+            _log.info("config_reloaded", changed=changed)
             services.apply_config(new, changed)
             self.config = new
-            _log.info("config_reloaded", changed=changed)
             return True, "", changed
         finally:
             self.notifier.ready(f"serving on {self.socket_path}")

@@ -178,6 +178,7 @@ async def _pump(stream: asyncio.StreamReader | None, into: list[bytes]) -> None:
 
 
 async def start_hub(config: Path, socket_path: Path, **env: str) -> HubProcess:
+    env = {"HUB_ONEC_PASSWORD": ONEC_TEST_PASSWORD, "HUB_MOYSKLAD_TOKEN": MOYSKLAD_TEST_TOKEN, **env}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "daemon", "run", "--config", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
