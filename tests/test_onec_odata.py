@@ -94,7 +94,7 @@ def test_batches_stay_under_the_limit_and_keep_every_value() -> None:
     assert len(runs) > 1
     assert [k for run in runs for k in run] == keys
     assert all(len(render(run)) <= 2048 for run in runs)
-    with pytest.raises(ValueError):
+    with pytest.raises(PermanentError, match="max_url_bytes"):
         odata.batches(keys, render, 100)
 
 

@@ -45,10 +45,11 @@ async def resolve_warehouses(
 
         def render_keys(run: Sequence[str]) -> str:
             where = odata.any_of("Ref_Key", run)
-            return transport.url(WAREHOUSES, [("$format", "json"), ("$filter", where)])
+            params = [("$format", "json"), ("$filter", where), ("$select", select)]
+            return odata.relative_url(WAREHOUSES, params)
 
         for run in odata.batches(keys, render_keys, max_url_bytes):
-            relative = render_keys(run) + "&" + odata.encode_query([("$select", select)])
+            relative = transport.checked(render_keys(run))
             rows += rows_of(
                 await transport.get_json(relative, what="warehouses by key"), "warehouses"
             )
@@ -56,14 +57,15 @@ async def resolve_warehouses(
 
         def render_names(run: Sequence[str]) -> str:
             where = odata.all_of(_LIVE, odata.any_of("Description", run))
-            return transport.url(
+            return odata.relative_url(
                 WAREHOUSES, [("$format", "json"), ("$filter", where), ("$select", select)]
             )
 
         literals = [odata.literal(n) for n in by_name]
         for run in odata.batches(literals, render_names, max_url_bytes):
+            relative = transport.checked(render_names(run))
             rows += rows_of(
-                await transport.get_json(render_names(run), what="warehouses by name"), "warehouses"
+                await transport.get_json(relative, what="warehouses by name"), "warehouses"
             )
 
     found: dict[str, Warehouse] = {}

@@ -109,31 +109,36 @@ async def read_norms(
         "УпаковкаЗаказа_Key",
     )
 
-    def where(run: Sequence[str]) -> str:
-        return odata.all_of(
-            "ЭтоДействующийПараметр eq true",
-            odata.eq("Характеристика_Key", odata.guid(EMPTY_GUID)),
-            # The empty warehouse brings the group setting rows.
-            odata.any_of("Склад_Key", [*run, odata.guid(EMPTY_GUID)]),
+    empty = odata.guid(EMPTY_GUID)
+    active = "ЭтоДействующийПараметр eq true"
+    # One query per warehouse (concurrent, and short enough for IIS's 2048-byte query limit:
+    # the Cyrillic names make each one ~1.7 KB) plus one for the group setting rows, which have
+    # neither warehouse nor item.
+    queries = [
+        (
+            odata.all_of(
+                active,
+                odata.eq("Склад_Key", odata.guid(key)),
+                odata.eq("Характеристика_Key", empty),
+            ),
+            ("Номенклатура_Key", group),
         )
-
-    def render(run: Sequence[str]) -> str:
-        params = [("$format", "json"), ("$filter", where(run)), ("$select", ",".join(select))]
-        # The widest page request get_all will send for this run.
-        params += [("$orderby", f"Склад_Key,Номенклатура_Key,{group}")]
-        params += [("$top", str(page_size)), ("$skip", "9" * 9)]
-        return odata.relative_url(NORMS, params)
-
-    runs = odata.batches([odata.guid(k) for k in sorted(wanted)], render, max_url_bytes)
-    raw: list[Any] = []
-    for run in runs:
-        raw += await transport.get_all(
-            NORMS,
-            where=where(run),
-            select=select,
-            orderby=("Склад_Key", "Номенклатура_Key", group),
-            what="norms",
+        for key in sorted(wanted)
+    ]
+    queries.append(
+        (
+            odata.all_of(active, odata.eq("Склад_Key", empty), odata.eq("Номенклатура_Key", empty)),
+            (group, "Характеристика_Key"),
         )
+    )
+    tasks: list[asyncio.Task[list[Any]]] = []
+    async with asyncio.TaskGroup() as tasks_group:
+        for where, orderby in queries:
+            read = transport.get_all(
+                NORMS, where=where, select=select, orderby=orderby, what="norms"
+            )
+            tasks.append(tasks_group.create_task(read))
+    raw = [row for task in tasks for row in task.result()]
     rows = {
         (r["Склад_Key"], r["Номенклатура_Key"], r[group]): NormRow(
             warehouse=r["Склад_Key"],
@@ -185,7 +190,7 @@ async def read_package_sizes(
     select = "Ref_Key,Числитель,Знаменатель"
 
     def render(run: Sequence[str]) -> str:
-        return transport.url(
+        return odata.relative_url(
             PACKAGES,
             [("$format", "json"), ("$filter", odata.any_of("Ref_Key", run)), ("$select", select)],
         )
@@ -204,7 +209,7 @@ async def read_package_sizes(
         tasks = []
         async with asyncio.TaskGroup() as group:
             for run in runs:
-                relative = render(run)
+                relative = transport.checked(render(run))
                 tasks.append(group.create_task(transport.get_json(relative, what="packages")))
         for task in tasks:
             rows += rows_of(task.result(), "packages")

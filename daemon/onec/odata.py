@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 from xml.etree import ElementTree
 
+from daemon.errors import PermanentError
 from daemon.model import EMPTY_GUID
 
 _NAME = re.compile(r"[^\W\d]\w*")
@@ -113,7 +114,7 @@ def batches(
     values: Sequence[str], render: Callable[[Sequence[str]], str], limit: int
 ) -> list[list[str]]:
     """Cut ``values`` into runs whose rendered request (``render(run)``, an encoded relative
-    URL) stays within ``limit`` bytes. A single value that cannot fit is a ValueError."""
+    URL) stays within ``limit`` bytes. A single value that cannot fit is a PermanentError."""
     runs: list[list[str]] = []
     current: list[str] = []
     for value in values:
@@ -121,12 +122,15 @@ def batches(
         if len(render(trial)) <= limit:
             current = trial
             continue
-        if not current:
-            raise ValueError(f"one value makes a request longer than {limit} bytes")
+        if not current or len(render([value])) > limit:
+            raise PermanentError(
+                f"a request with a single value is {len(render([value]))} bytes, over the "
+                f"{limit}-byte limit (onec.max_url_bytes)",
+                system="1c",
+                code="url_length",
+            )
         runs.append(current)
         current = [value]
-        if len(render(current)) > limit:
-            raise ValueError(f"one value makes a request longer than {limit} bytes")
     if current:
         runs.append(current)
     return runs

@@ -299,7 +299,7 @@ async def read_incoming_transfers(
     tasks: list[asyncio.Task[Any]] = []
     async with asyncio.TaskGroup() as group:
         for run in odata.batches(keys, render, max_url_bytes):
-            relative = render(run)
+            relative = transport.checked(render(run))
             tasks.append(group.create_task(transport.get_json(relative, what="transfer balances")))
     outstanding: dict[str, Decimal] = {}
     for task in tasks:

@@ -79,10 +79,14 @@ class ODataTransport:
 
     def url(self, path: str, params: Sequence[tuple[str, str]] = ()) -> str:
         """The encoded relative URL, refused if longer than ``max_url_bytes``."""
-        relative = odata.relative_url(path, params)
+        return self.checked(odata.relative_url(path, params))
+
+    def checked(self, relative: str) -> str:
+        """An encoded relative URL, refused if longer than ``max_url_bytes``."""
         if len(relative) > self._settings.max_url_bytes:
+            target = relative.split("?")[0].split("(")[0]
             raise PermanentError(
-                f"request to {path.split('(')[0]} would be {len(relative)} bytes long, over the "
+                f"request to {target} would be {len(relative)} bytes long, over the "
                 f"{self._settings.max_url_bytes}-byte limit (onec.max_url_bytes)",
                 system=SYSTEM,
             )
