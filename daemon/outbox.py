@@ -21,10 +21,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 from pydantic import ValidationError
@@ -38,21 +37,24 @@ from daemon.model import (
     Document,
     TransferOrderDocument,
 )
+from daemon.outbox_settle import OutcomeWriter, finish_write
 from daemon.store.database import Database
 from daemon.store.outbox import KIND_MOYSKLAD, KIND_ONEC
 from daemon.store.outbox_leases import (
     ClaimedEntry,
+    ClaimRequest,
+    Dead,
+    Delivered,
+    Outcome,
+    Retry,
     claim_due,
-    extend_lease,
+    extend_leases,
     next_due_at,
-    record_dead,
-    record_delivered,
-    record_retry,
 )
 
 logger = structlog.get_logger(__name__)
 
-_T = TypeVar("_T")
+BoundLogger = structlog.typing.FilteringBoundLogger
 
 # When the database says a row is due but nothing could be claimed (another processor took it
 # between the two queries), wait this long rather than spinning.
@@ -75,22 +77,30 @@ class CustomerOrderSink(Protocol):
     ) -> DeliveredDocument: ...
 
 
-async def _finish_write(write: Awaitable[_T]) -> _T:
-    """Run a database write to its end even if the calling task is cancelled meanwhile.
+@dataclass(frozen=True, slots=True)
+class _Result:
+    """What to record about one attempt, and the log event that goes with it."""
 
-    Cancellation must not cut a transaction in half: an interrupted ``BEGIN`` can leave the
-    daemon's one shared connection inside a transaction. The write completes, then the
-    cancellation propagates. Rows a completed claim leased to a cancelled lane are not
-    attempted; they become claimable again when their lease expires.
+    outcome: Outcome
+    event: str
+    level: str  # the structlog method: info / warning / error
+    fields: dict[str, object]
+
+
+def _dead(error: str) -> _Result:
+    return _Result(Dead(error), "outbox_dead", "error", {"error": error})
+
+
+@dataclass
+class _LanePass:
+    """What the workers of one lane share during one drain pass.
+
+    A row retried during the pass is not claimed again in it, which bounds the pass even when
+    a backoff draw comes out as zero.
     """
-    task = asyncio.ensure_future(write)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait({task})
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("outbox_write_failed_while_cancelled", error=repr(task.exception()))
-        raise
+
+    attempted: int = 0
+    retried: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +155,8 @@ class OutboxProcessor:
             _Lane(KIND_ONEC, settings.concurrency_onec),
             _Lane(KIND_MOYSKLAD, settings.concurrency_moysklad),
         )
+        self._writer = OutcomeWriter(db, worker_id, clock)
+        self._running: set[int] = set()  # rows this processor is delivering right now
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
 
@@ -199,249 +211,181 @@ class OutboxProcessor:
 
     async def drain_once(self) -> int:
         """Deliver every row that is due now; returns how many rows were attempted."""
-        async with asyncio.TaskGroup() as group:
-            lanes = [
-                group.create_task(self._drain_lane(lane), name=f"outbox-{lane.kind}")
-                for lane in self._lanes
-            ]
+        keeper = asyncio.create_task(self._keep_leases(), name="outbox-leases")
+        try:
+            async with asyncio.TaskGroup() as group:
+                lanes = [
+                    group.create_task(self._drain_lane(lane), name=f"outbox-{lane.kind}")
+                    for lane in self._lanes
+                ]
+        finally:
+            keeper.cancel()
+            # asyncio.wait never raises the keeper's own CancelledError, so only a
+            # cancellation of this task can propagate from here.
+            await asyncio.wait({keeper})
+            if not keeper.cancelled() and keeper.exception() is not None:
+                logger.error("outbox_lease_renewal_failed", error=repr(keeper.exception()))
         return sum(task.result() for task in lanes)
 
-    async def _drain_lane(self, lane: _Lane) -> int:
-        """Keep ``lane.concurrency`` deliveries going while rows of the lane are due.
+    async def _keep_leases(self) -> None:
+        """Renew, every third of a lease, the leases of the rows being delivered.
 
-        Rows are claimed only when a slot is free, so no lease ticks away while its row waits
-        behind a slow delivery. A row retried during this pass is not claimed again in it,
-        which bounds the pass even when a backoff draw comes out as zero.
+        A delivery can outlast its lease (a slow 1C posting, a long МойСклад answer); renewing
+        keeps any other processor from taking the row while this one still works on it.
         """
-        attempted = 0
-        running: set[int] = set()
-        retried: set[int] = set()
-        slot_freed = asyncio.Event()
-
-        def finished(entry_id: int) -> Callable[[asyncio.Task[bool]], None]:
-            def callback(task: asyncio.Task[bool]) -> None:
-                running.discard(entry_id)
-                if not task.cancelled() and task.exception() is None and task.result():
-                    retried.add(entry_id)
-                slot_freed.set()
-
-            return callback
-
-        async with asyncio.TaskGroup() as group:
-            while True:
-                free = lane.concurrency - len(running)
-                if free <= 0:
-                    slot_freed.clear()
-                    await slot_freed.wait()
-                    continue
-                claimed = await _finish_write(
-                    claim_due(
-                        self._db,
-                        kind=lane.kind,
-                        owner=self._worker_id,
-                        now=self._clock(),
-                        lease_s=self._settings.lease_s,
-                        limit=free,
-                        exclude=sorted(running | retried),
-                    )
-                )
-                for entry in claimed:
-                    attempted += 1
-                    running.add(entry.id)
-                    task = group.create_task(
-                        self._process(entry), name=f"outbox-deliver-{entry.id}"
-                    )
-                    task.add_done_callback(finished(entry.id))
-                if len(claimed) < free:
-                    # Nothing else is due; rows enqueued from now on are for the next pass.
-                    break
-        return attempted
-
-    async def _process(self, entry: ClaimedEntry) -> bool:
-        """Deliver one claimed row and record the outcome; True if it was scheduled again."""
-        with structlog.contextvars.bound_contextvars(run_id=entry.run_id):
-            log = logger.bind(
-                outbox_id=entry.id, run_id=entry.run_id, kind=entry.kind, attempt=entry.attempt
+        lease_s = self._settings.lease_s
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            held = sorted(self._running)
+            if not held:
+                continue
+            now = self._clock()
+            renewed = await finish_write(
+                extend_leases(self._db, held, self._worker_id, now + lease_s, now)
             )
-            if entry.attempt > self._settings.max_attempts:
-                # Only reachable when earlier attempts never finished (their workers died).
-                await self._dead(
-                    entry,
-                    log,
-                    f"gave up after {entry.attempt - 1} attempts; the last ones never finished "
-                    f"(worker stopped mid-delivery), so the document may exist: "
-                    f"{entry.last_error or 'no error recorded'}",
+            for lost in sorted(set(held) - renewed):
+                if lost in self._running:
+                    logger.warning("outbox_lease_lost", outbox_id=lost, worker_id=self._worker_id)
+
+    async def _drain_lane(self, lane: _Lane) -> int:
+        """Run up to ``lane.concurrency`` workers while rows of the lane are due.
+
+        One claim starts the pass; after that each worker records its outcome and claims its
+        next row in the same commit, and stops when nothing more is due. A worker never holds
+        a row it is not delivering, so no lease ticks away while its row waits.
+        """
+        claimed = await finish_write(
+            claim_due(
+                self._db,
+                kind=lane.kind,
+                owner=self._worker_id,
+                now=self._clock(),
+                lease_s=self._settings.lease_s,
+                limit=lane.concurrency,
+                exclude=sorted(self._running),
+            )
+        )
+        if not claimed:
+            return 0
+        lane_pass = _LanePass()
+        async with asyncio.TaskGroup() as group:
+            for n, entry in enumerate(claimed):
+                group.create_task(
+                    self._work(lane, entry, lane_pass), name=f"outbox-{lane.kind}-{n}"
                 )
-                return False
-            try:
-                doc = entry.document()
-            except (ValidationError, ValueError) as exc:
-                await self._dead(entry, log, _unreadable(exc))
-                return False
-            try:
-                async with self._lease_kept(entry, log):
-                    delivered = await self._deliver(doc, look_up_first=entry.outcome_unknown)
-            except asyncio.CancelledError:
-                await self._abandon(entry, log)
-                raise
-            except PermanentError as exc:
-                await self._dead(entry, log, exc.describe())
-                return False
-            except TransientError as exc:
-                return await self._failed(
-                    entry, log, exc.describe(), unknown=isinstance(exc, OutcomeUnknownError)
+        return lane_pass.attempted
+
+    async def _work(self, lane: _Lane, first: ClaimedEntry, lane_pass: _LanePass) -> None:
+        entry: ClaimedEntry | None = first
+        while entry is not None:
+            lane_pass.attempted += 1
+            self._running.add(entry.id)
+            with structlog.contextvars.bound_contextvars(run_id=entry.run_id):
+                log = logger.bind(
+                    outbox_id=entry.id, run_id=entry.run_id, kind=entry.kind, attempt=entry.attempt
                 )
-            except Exception as exc:
-                # A bug or an untranslated library error: the request may have gone out, so
-                # the row is treated as outcome unknown instead of killing the loop.
-                log.exception("outbox_delivery_crashed", error=type(exc).__name__)
-                text = (
-                    exc.describe()
-                    if isinstance(exc, ConnectorError)
-                    else f"delivery crashed: {type(exc).__name__}: {exc}"
+                try:
+                    result = await self._attempt(entry, log)
+                finally:
+                    self._running.discard(entry.id)
+                if isinstance(result.outcome, Retry):
+                    lane_pass.retried.add(entry.id)
+                request = ClaimRequest(
+                    kind=lane.kind,
+                    owner=self._worker_id,
+                    lease_s=self._settings.lease_s,
+                    limit=1,
+                    exclude=tuple(sorted(self._running | lane_pass.retried)),
                 )
-                return await self._failed(entry, log, text, unknown=True)
-            await self._delivered(entry, log, delivered)
-            return False
+                recorded, entry = await self._writer.settle(entry, result.outcome, request)
+                if recorded or isinstance(result.outcome, Delivered):
+                    getattr(log, result.level)(result.event, **result.fields)
+                else:
+                    log.warning("outbox_lease_lost", worker_id=self._worker_id, **result.fields)
+
+    async def _attempt(self, entry: ClaimedEntry, log: BoundLogger) -> _Result:
+        """Deliver one claimed row; what to record about it (nothing is written here)."""
+        if entry.attempt > self._settings.max_attempts:
+            # Only reachable when earlier attempts never finished (their workers died).
+            return _dead(
+                f"gave up after {entry.attempt - 1} attempts; the last ones never finished "
+                f"(worker stopped mid-delivery), so the document may exist: "
+                f"{entry.last_error or 'no error recorded'}"
+            )
+        try:
+            doc = entry.document()
+        except (ValidationError, ValueError) as exc:
+            return _dead(_unreadable(exc))
+        try:
+            delivered = await self._deliver(doc, look_up_first=entry.outcome_unknown)
+        except asyncio.CancelledError:
+            await self._abandon(entry, log)
+            raise
+        except PermanentError as exc:
+            return _dead(exc.describe())
+        except TransientError as exc:
+            return self._failure(
+                entry, exc.describe(), unknown=isinstance(exc, OutcomeUnknownError)
+            )
+        except Exception as exc:
+            # A bug or an untranslated library error: the request may have gone out, so the
+            # row is treated as outcome unknown instead of killing the loop.
+            log.exception("outbox_delivery_crashed", error=type(exc).__name__)
+            text = (
+                exc.describe()
+                if isinstance(exc, ConnectorError)
+                else f"delivery crashed: {type(exc).__name__}: {exc}"
+            )
+            return self._failure(entry, text, unknown=True)
+        return _Result(
+            Delivered(delivered.external_id, delivered.number),
+            "outbox_delivered",
+            "info",
+            {
+                "external_id": delivered.external_id,
+                "number": delivered.number,
+                "created_now": delivered.created_now,
+                "looked_up": entry.outcome_unknown,
+            },
+        )
 
     async def _deliver(self, doc: Document, *, look_up_first: bool) -> DeliveredDocument:
         if isinstance(doc, TransferOrderDocument):
             return await self._onec.deliver_transfer_order(doc, look_up_first=look_up_first)
         return await self._moysklad.deliver_customer_order(doc, look_up_first=look_up_first)
 
-    @asynccontextmanager
-    async def _lease_kept(
-        self, entry: ClaimedEntry, log: structlog.typing.FilteringBoundLogger
-    ) -> AsyncIterator[None]:
-        """Renew the lease every third of its length while the body runs."""
-        renewer = asyncio.create_task(
-            self._renew_lease(entry, log), name=f"outbox-lease-{entry.id}"
-        )
-        try:
-            yield
-        finally:
-            renewer.cancel()
-            # asyncio.wait never raises the renewer's own CancelledError, so a cancellation
-            # of this task (the caller) is the only one that can propagate from here.
-            await asyncio.wait({renewer})
-            if not renewer.cancelled() and renewer.exception() is not None:
-                log.error("outbox_lease_renewal_failed", error=repr(renewer.exception()))
-
-    async def _renew_lease(
-        self, entry: ClaimedEntry, log: structlog.typing.FilteringBoundLogger
-    ) -> None:
-        lease_s = self._settings.lease_s
-        while True:
-            await asyncio.sleep(lease_s / 3)
-            now = self._clock()
-            renewed = await _finish_write(
-                extend_lease(self._db, entry.id, self._worker_id, now + lease_s, now)
-            )
-            if not renewed:
-                log.warning("outbox_lease_lost", worker_id=self._worker_id)
-                return
-
-    async def _delivered(
-        self,
-        entry: ClaimedEntry,
-        log: structlog.typing.FilteringBoundLogger,
-        delivered: DeliveredDocument,
-    ) -> None:
-        await _finish_write(
-            record_delivered(
-                self._db,
-                entry,
-                external_id=delivered.external_id,
-                number=delivered.number,
-                now=self._clock(),
-            )
-        )
-        log.info(
-            "outbox_delivered",
-            external_id=delivered.external_id,
-            number=delivered.number,
-            created_now=delivered.created_now,
-            looked_up=entry.outcome_unknown,
-        )
-
-    async def _failed(
-        self,
-        entry: ClaimedEntry,
-        log: structlog.typing.FilteringBoundLogger,
-        error: str,
-        *,
-        unknown: bool,
-    ) -> bool:
-        now = self._clock()
+    def _failure(self, entry: ClaimedEntry, error: str, *, unknown: bool) -> _Result:
+        """A transient failure: another attempt after a backoff, or dead when out of budget."""
         settings = self._settings
+        now = self._clock()
         age_h = (now - entry.created_at) / 3600
         if entry.attempt >= settings.max_attempts:
-            await self._dead(entry, log, f"gave up after {entry.attempt} attempts: {error}")
-            return False
+            return _dead(f"gave up after {entry.attempt} attempts: {error}")
         if age_h >= settings.max_age_h:
-            await self._dead(
-                entry,
-                log,
+            return _dead(
                 f"gave up after {entry.attempt} attempts over {age_h:.1f} h "
-                f"(max_age_h {settings.max_age_h:g}): {error}",
+                f"(max_age_h {settings.max_age_h:g}): {error}"
             )
-            return False
         delay = full_jitter_delay(
             entry.attempt, settings.retry_base_s, settings.retry_cap_s, self._draw
         )
-        kept = await _finish_write(
-            record_retry(
-                self._db,
-                entry,
-                owner=self._worker_id,
-                error=error,
-                next_attempt_at=now + delay,
-                outcome_unknown=unknown,
-                now=now,
-            )
-        )
-        if not kept:
-            log.warning("outbox_lease_lost", worker_id=self._worker_id, error=error)
-            return False
-        log.warning(
+        return _Result(
+            Retry(error, now + delay, unknown),
             "outbox_outcome_unknown" if unknown else "outbox_retry_scheduled",
-            error=error,
-            delay_s=round(delay, 3),
+            "warning",
+            {"error": error, "delay_s": round(delay, 3)},
         )
-        return True
 
-    async def _dead(
-        self, entry: ClaimedEntry, log: structlog.typing.FilteringBoundLogger, error: str
-    ) -> None:
-        kept = await _finish_write(
-            record_dead(self._db, entry, owner=self._worker_id, error=error, now=self._clock())
-        )
-        if not kept:
-            log.warning("outbox_lease_lost", worker_id=self._worker_id, error=error)
-            return
-        log.error("outbox_dead", error=error)
-
-    async def _abandon(
-        self, entry: ClaimedEntry, log: structlog.typing.FilteringBoundLogger
-    ) -> None:
+    async def _abandon(self, entry: ClaimedEntry, log: BoundLogger) -> None:
         """Hand a row back when cancelled mid-request: due at once, looked up before resending.
 
         If even this write cannot finish (a second cancellation, a database error) the row
         stays in flight and is reclaimed when its lease expires.
         """
         now = self._clock()
+        abandoned = Retry("abandoned mid-delivery (processor stopped); outcome unknown", now, True)
         try:
-            await _finish_write(
-                record_retry(
-                    self._db,
-                    entry,
-                    owner=self._worker_id,
-                    error="abandoned mid-delivery (processor stopped); outcome unknown",
-                    next_attempt_at=now,
-                    outcome_unknown=True,
-                    now=now,
-                )
-            )
+            await self._writer.settle(entry, abandoned)
         except Exception as exc:
             log.warning("outbox_abandon_failed", error=repr(exc))
             return

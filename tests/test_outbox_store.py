@@ -35,7 +35,7 @@ from daemon.store.outbox import (
 from daemon.store.outbox_leases import (
     ClaimedEntry,
     claim_due,
-    extend_lease,
+    extend_leases,
     next_due_at,
     record_dead,
     record_delivered,
@@ -176,13 +176,16 @@ async def test_leased_row_is_not_claimed_again_until_the_lease_expires(db: Datab
     assert entry.last_error is not None and "lease of w1 expired" in entry.last_error
 
 
-async def test_extend_lease_keeps_the_row_and_fails_for_a_non_owner(db: Database) -> None:
-    """The owner can push its lease out; a worker that lost the row cannot."""
-    await enqueue_docs(db, [transfer("run-1")])
-    entry = await claim_one(db, owner="w1", now=T0, lease_s=60)
-    assert await extend_lease(db, entry.id, "w1", T0 + 200, T0 + 50)
-    assert await claim_due(db, kind=KIND_ONEC, owner="w2", now=T0 + 150, lease_s=60, limit=1) == []
-    assert not await extend_lease(db, entry.id, "w2", T0 + 500, T0 + 150)
+async def test_extend_leases_renews_only_rows_the_owner_still_holds(db: Database) -> None:
+    """The owner can push its leases out; rows it lost or never held are not renewed."""
+    ids = await enqueue_docs(db, [transfer("run-1", n) for n in (1, 2, 3)])
+    mine = await claim_one(db, owner="w1", now=T0, lease_s=60)
+    lost = await claim_one(db, owner="w1", now=T0, lease_s=10)
+    await claim_one(db, owner="w2", now=T0 + 11, lease_s=60)  # takes over the expired lease
+    renewed = await extend_leases(db, [mine.id, lost.id, ids[2]], "w1", T0 + 200, T0 + 50)
+    assert renewed == {mine.id}
+    later = await claim_due(db, kind=KIND_ONEC, owner="w3", now=T0 + 150, lease_s=60, limit=3)
+    assert {entry.id for entry in later} == {lost.id, ids[2]}
 
 
 async def test_concurrent_claims_from_two_connections_never_share_a_row(tmp_path: Path) -> None:

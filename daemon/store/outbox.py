@@ -177,28 +177,25 @@ async def enqueue(
             raise StoreError(
                 f"document {doc.idempotency_key} belongs to run {doc.run_id}, not {run_id}"
             )
+        params = (
+            run_id,
+            doc.kind,
+            doc.idempotency_key,
+            doc.model_dump_json(),
+            summarize(doc),
+            now,
+            now,
+            now,
+        )
         try:
-            async with conn.execute(
-                _INSERT,
-                (
-                    run_id,
-                    doc.kind,
-                    doc.idempotency_key,
-                    doc.model_dump_json(),
-                    summarize(doc),
-                    now,
-                    now,
-                    now,
-                ),
-            ) as cursor:
-                row = await cursor.fetchone()
+            rows = list(await conn.execute_fetchall(_INSERT, params))
         except aiosqlite.IntegrityError as exc:
             raise StoreError(
                 f"cannot add document {doc.idempotency_key} of run {run_id} to the outbox: {exc}"
             ) from exc
-        if row is None:
+        if len(rows) != 1:
             raise StoreError(f"outbox insert of {doc.idempotency_key} returned no id")
-        ids.append(int(row[0]))
+        ids.append(int(rows[0][0]))
     return ids
 
 

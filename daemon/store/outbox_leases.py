@@ -15,6 +15,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import aiosqlite
+
 from daemon.model import CustomerOrderDocument, Document, TransferOrderDocument
 from daemon.store.database import Database
 from daemon.store.outbox import KIND_MOYSKLAD, KIND_ONEC, SYSTEM_BY_KIND
@@ -46,6 +48,8 @@ class ClaimedEntry:
 
 # SET expressions see the row as it was before the update, so ``state = 'in_flight'`` below
 # identifies a reclaimed row: its previous worker may have created the document already.
+# Expired leases are taken before waiting rows. The two halves match the partial indexes of
+# migration 0003 term for term, so a claim reads a few index entries and sorts nothing.
 _CLAIM = """
 UPDATE outbox
 SET state = 'in_flight',
@@ -59,12 +63,21 @@ SET state = 'in_flight',
     lease_until = :lease_until,
     updated_at = :now
 WHERE id IN (
-    SELECT id FROM outbox
-    WHERE kind = :kind
-      AND ((state IN ('pending', 'retry_wait', 'outcome_unknown') AND next_attempt_at <= :now)
-           OR (state = 'in_flight' AND lease_until <= :now))
-      AND id NOT IN (SELECT value FROM json_each(:exclude))
-    ORDER BY next_attempt_at, id
+    SELECT id FROM (
+        SELECT id FROM (
+            SELECT id FROM outbox
+            WHERE kind = :kind AND state = 'in_flight' AND lease_until <= :now
+              AND id NOT IN (SELECT value FROM json_each(:exclude))
+            ORDER BY lease_until
+            LIMIT :limit)
+        UNION ALL
+        SELECT id FROM (
+            SELECT id FROM outbox
+            WHERE kind = :kind AND state IN ('pending', 'retry_wait', 'outcome_unknown')
+              AND next_attempt_at <= :now
+              AND id NOT IN (SELECT value FROM json_each(:exclude))
+            ORDER BY next_attempt_at, id
+            LIMIT :limit))
     LIMIT :limit
 )
 RETURNING id, run_id, kind, idempotency_key, payload_json, attempts, outcome_unknown,
@@ -72,33 +85,58 @@ RETURNING id, run_id, kind, idempotency_key, payload_json, attempts, outcome_unk
 """
 
 
-async def claim_due(
-    db: Database,
-    *,
-    kind: str,
-    owner: str,
-    now: float,
-    lease_s: float,
-    limit: int,
-    exclude: Sequence[int] = (),
-) -> list[ClaimedEntry]:
-    """Lease up to ``limit`` due rows of ``kind`` to ``owner`` in one statement.
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What to lease: up to ``limit`` due rows of ``kind`` for ``owner``, skipping ``exclude``."""
 
-    Due: pending/retry_wait/outcome_unknown with ``next_attempt_at <= now``, or in_flight with an
-    expired lease. ``exclude`` lists ids the caller already handled in this pass.
-    """
-    if limit < 1:
+    kind: str
+    owner: str
+    lease_s: float
+    limit: int
+    exclude: Sequence[int] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The document exists: created now or found by a lookup."""
+
+    external_id: str
+    number: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again at ``next_attempt_at``; ``outcome_unknown``: look the document up first."""
+
+    error: str
+    next_attempt_at: float
+    outcome_unknown: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """Give up; ``error`` says why (the remote's own message where there is one)."""
+
+    error: str
+
+
+Outcome = Delivered | Retry | Dead
+
+
+async def _claim(
+    conn: aiosqlite.Connection, request: ClaimRequest, now: float
+) -> list[ClaimedEntry]:
+    if request.limit < 1:
         return []
     params: dict[str, object] = {
-        "kind": kind,
-        "owner": owner,
+        "kind": request.kind,
+        "owner": request.owner,
         "now": now,
-        "lease_until": now + lease_s,
-        "limit": limit,
-        "exclude": json.dumps(list(exclude)),
+        "lease_until": now + request.lease_s,
+        "limit": request.limit,
+        "exclude": json.dumps(list(request.exclude)),
     }
-    async with db.transaction() as conn, conn.execute(_CLAIM, params) as cursor:
-        rows = list(await cursor.fetchall())
+    rows = await conn.execute_fetchall(_CLAIM, params)
     claimed = [
         ClaimedEntry(
             id=int(row["id"]),
@@ -118,38 +156,51 @@ async def claim_due(
     return claimed
 
 
-async def extend_lease(db: Database, outbox_id: int, owner: str, until: float, now: float) -> bool:
-    """Push the lease out while a slow delivery is still running; False if it is not ours."""
-    async with db.transaction() as conn:
-        cursor = await conn.execute(
-            "UPDATE outbox SET lease_until = ?, updated_at = ? "
-            "WHERE id = ? AND state = 'in_flight' AND lease_owner = ?",
-            (until, now, outbox_id, owner),
-        )
-        return cursor.rowcount == 1
-
-
-async def record_delivered(
+async def claim_due(
     db: Database,
-    entry: ClaimedEntry,
     *,
-    external_id: str,
-    number: str,
+    kind: str,
+    owner: str,
     now: float,
-) -> bool:
-    """Mark the row delivered and remember the created document, linked to its run.
+    lease_s: float,
+    limit: int,
+    exclude: Sequence[int] = (),
+) -> list[ClaimedEntry]:
+    """Lease up to ``limit`` due rows of ``kind`` to ``owner`` in one statement.
 
-    Recorded whoever holds the lease: the document exists, so the row must say so. Returns
-    False when the row was already delivered (another worker recorded it first).
+    Due: pending/retry_wait/outcome_unknown with ``next_attempt_at <= now``, or in_flight with an
+    expired lease. ``exclude`` lists ids the caller already handled in this pass.
     """
+    request = ClaimRequest(kind, owner, lease_s, limit, tuple(exclude))
     async with db.transaction() as conn:
+        return await _claim(conn, request, now)
+
+
+async def extend_leases(
+    db: Database, ids: Sequence[int], owner: str, until: float, now: float
+) -> set[int]:
+    """Push out the leases ``owner`` still holds among ``ids``; returns the ids renewed."""
+    async with db.transaction() as conn:
+        rows = await conn.execute_fetchall(
+            "UPDATE outbox SET lease_until = ?, updated_at = ? "
+            "WHERE id IN (SELECT value FROM json_each(?)) "
+            "AND state = 'in_flight' AND lease_owner = ? RETURNING id",
+            (until, now, json.dumps(list(ids)), owner),
+        )
+    return {int(row[0]) for row in rows}
+
+
+async def _apply(
+    conn: aiosqlite.Connection, entry: ClaimedEntry, outcome: Outcome, owner: str, now: float
+) -> bool:
+    if isinstance(outcome, Delivered):
+        # Recorded whoever holds the lease: the document exists, so the row must say so.
         cursor = await conn.execute(
             "UPDATE outbox SET state = 'delivered', external_id = ?, external_number = ?, "
             "outcome_unknown = 0, lease_owner = NULL, lease_until = NULL, delivered_at = ?, "
             "updated_at = ? WHERE id = ? AND state != 'delivered'",
-            (external_id, number, now, now, entry.id),
+            (outcome.external_id, outcome.number, now, now, entry.id),
         )
-        updated = cursor.rowcount == 1
         await conn.execute(
             "INSERT INTO documents (outbox_id, run_id, system, kind, external_id, number, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (outbox_id) DO NOTHING",
@@ -158,12 +209,69 @@ async def record_delivered(
                 entry.run_id,
                 SYSTEM_BY_KIND.get(entry.kind, entry.kind),
                 entry.kind,
-                external_id,
-                number,
+                outcome.external_id,
+                outcome.number,
                 now,
             ),
         )
-    return updated
+    elif isinstance(outcome, Retry):
+        unknown = int(outcome.outcome_unknown)
+        cursor = await conn.execute(
+            "UPDATE outbox SET "
+            "outcome_unknown = max(outcome_unknown, ?), "
+            "state = CASE WHEN max(outcome_unknown, ?) = 1 "
+            "             THEN 'outcome_unknown' ELSE 'retry_wait' END, "
+            "next_attempt_at = ?, last_error = ?, lease_owner = NULL, lease_until = NULL, "
+            "updated_at = ? WHERE id = ? AND state = 'in_flight' AND lease_owner = ?",
+            (unknown, unknown, outcome.next_attempt_at, outcome.error, now, entry.id, owner),
+        )
+    else:
+        cursor = await conn.execute(
+            "UPDATE outbox SET state = 'dead', last_error = ?, lease_owner = NULL, "
+            "lease_until = NULL, updated_at = ? "
+            "WHERE id = ? AND state = 'in_flight' AND lease_owner = ?",
+            (outcome.error, now, entry.id, owner),
+        )
+    return cursor.rowcount == 1
+
+
+async def record_outcomes(
+    db: Database,
+    settled: Sequence[tuple[ClaimedEntry, Outcome]],
+    *,
+    owner: str,
+    now: float,
+    claim_next: Sequence[ClaimRequest] = (),
+) -> tuple[list[bool], list[list[ClaimedEntry]]]:
+    """Record what became of claimed rows and claim the next rows, all in one transaction.
+
+    Returns (recorded per outcome, claimed per request). A retry or dead letter is recorded
+    only while ``owner`` still holds the lease; a delivery always is, and reports False only
+    when the row was already delivered. With a retry, an ``outcome_unknown`` flag is set (or
+    kept: it stays set until the row is delivered) and the row waits as ``outcome_unknown``,
+    else as ``retry_wait``. One commit for many outcomes and the next claims is what lets the
+    outbox keep up with the disk.
+    """
+    async with db.transaction() as conn:
+        recorded = [await _apply(conn, entry, outcome, owner, now) for entry, outcome in settled]
+        claimed = [await _claim(conn, request, now) for request in claim_next]
+    return recorded, claimed
+
+
+async def record_outcome(
+    db: Database, entry: ClaimedEntry, outcome: Outcome, *, owner: str, now: float
+) -> bool:
+    """Record one outcome on its own (see ``record_outcomes``)."""
+    recorded, _ = await record_outcomes(db, [(entry, outcome)], owner=owner, now=now)
+    return recorded[0]
+
+
+async def record_delivered(
+    db: Database, entry: ClaimedEntry, *, external_id: str, number: str, now: float
+) -> bool:
+    """Mark the row delivered and remember the created document, linked to its run."""
+    # A delivery is recorded whoever holds the lease, so no owner is needed.
+    return await record_outcome(db, entry, Delivered(external_id, number), owner="", now=now)
 
 
 async def record_retry(
@@ -176,50 +284,17 @@ async def record_retry(
     outcome_unknown: bool,
     now: float,
 ) -> bool:
-    """Release the lease and schedule another attempt; False if the lease was no longer ours.
-
-    With ``outcome_unknown`` (or when the row already was) the row waits as ``outcome_unknown``
-    and the next attempt looks the document up before creating it; the flag stays set until
-    the row is delivered.
-    """
-    async with db.transaction() as conn:
-        cursor = await conn.execute(
-            "UPDATE outbox SET "
-            "outcome_unknown = max(outcome_unknown, ?), "
-            "state = CASE WHEN max(outcome_unknown, ?) = 1 "
-            "             THEN 'outcome_unknown' ELSE 'retry_wait' END, "
-            "next_attempt_at = ?, last_error = ?, lease_owner = NULL, lease_until = NULL, "
-            "updated_at = ? WHERE id = ? AND state = 'in_flight' AND lease_owner = ?",
-            (
-                int(outcome_unknown),
-                int(outcome_unknown),
-                next_attempt_at,
-                error,
-                now,
-                entry.id,
-                owner,
-            ),
-        )
-        return cursor.rowcount == 1
+    """Release the lease and schedule another attempt; False if the lease was no longer ours."""
+    return await record_outcome(
+        db, entry, Retry(error, next_attempt_at, outcome_unknown), owner=owner, now=now
+    )
 
 
 async def record_dead(
-    db: Database,
-    entry: ClaimedEntry,
-    *,
-    owner: str,
-    error: str,
-    now: float,
+    db: Database, entry: ClaimedEntry, *, owner: str, error: str, now: float
 ) -> bool:
     """Give up on the row, keeping why; False if the lease was no longer ours."""
-    async with db.transaction() as conn:
-        cursor = await conn.execute(
-            "UPDATE outbox SET state = 'dead', last_error = ?, lease_owner = NULL, "
-            "lease_until = NULL, updated_at = ? "
-            "WHERE id = ? AND state = 'in_flight' AND lease_owner = ?",
-            (error, now, entry.id, owner),
-        )
-        return cursor.rowcount == 1
+    return await record_outcome(db, entry, Dead(error), owner=owner, now=now)
 
 
 async def next_due_at(db: Database, kinds: Sequence[str]) -> float | None:
