@@ -1,0 +1,133 @@
+"""``OneCConnector.check`` and the $metadata gate: version, composition, one line per step."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from daemon.errors import PermanentError
+from daemon.onec.connector import OneCConnector
+from daemon.onec.settings import OneCSettings
+from daemon.ports import CheckResult
+from daemon.sandbox.dataset import DemoDataset, build_demo_dataset
+from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
+
+NAMES = ["Магазин Центральный", "Бестужевых", "Контейнер"]
+STEPS = [
+    "reachable",
+    "credentials accepted",
+    "UT version detected",
+    "required objects published",
+    "organization and priority resolved",
+    "warehouses resolved",
+]
+
+
+@pytest.fixture
+def dataset() -> DemoDataset:
+    return build_demo_dataset(32, seed=1)
+
+
+@asynccontextmanager
+async def connected(
+    box: OneCSandbox, password: str = "sandbox", **overrides: Any
+) -> AsyncIterator[OneCConnector]:
+    async with run_onec_sandbox(box) as base:
+        options: dict[str, Any] = {"retry_base_s": 0.01, "retry_cap_s": 0.02, **overrides}
+        settings = OneCSettings(base_url=base, username="hub", **options)  # type: ignore[arg-type]
+        async with OneCConnector(settings, SecretStr(password)) as onec:
+            yield onec
+
+
+def by_name(results: list[CheckResult]) -> dict[str, CheckResult]:
+    assert [r.name for r in results] == STEPS
+    assert {r.system for r in results} == {"1c"}
+    return {r.name: r for r in results}
+
+
+async def test_all_good(dataset: DemoDataset) -> None:
+    """A healthy publication passes every line, naming the version, organization, warehouses."""
+    async with connected(OneCSandbox(dataset)) as onec:
+        lines = by_name(await onec.check(NAMES))
+    assert all(line.ok for line in lines.values())
+    assert lines["UT version detected"].detail == "UT 11.5 (detected from $metadata)"
+    assert "Бизнес Медиа" in lines["organization and priority resolved"].detail
+    assert dataset.warehouse_key("Бестужевых") in lines["warehouses resolved"].detail
+
+
+async def test_wrong_credentials(dataset: DemoDataset) -> None:
+    """Reachable yes, credentials no, the rest skipped."""
+    async with connected(OneCSandbox(dataset), password="nope") as onec:
+        lines = by_name(await onec.check(NAMES))
+    assert lines["reachable"].ok and not lines["credentials accepted"].ok
+    assert "HTTP 401" in lines["credentials accepted"].detail
+    assert all(not lines[s].ok and "skipped" in lines[s].detail for s in STEPS[2:])
+
+
+async def test_unreachable(dataset: DemoDataset) -> None:
+    """Nothing listening: not reachable, everything else skipped."""
+    async with run_onec_sandbox(OneCSandbox(dataset)) as base:
+        closed = base
+    settings = OneCSettings(base_url=closed, username="hub", read_attempts=1)  # type: ignore[arg-type]
+    async with OneCConnector(settings, SecretStr("sandbox")) as onec:
+        lines = by_name(await onec.check(NAMES))
+    assert not lines["reachable"].ok and "cannot connect" in lines["reachable"].detail
+    assert all("skipped" in lines[s].detail for s in STEPS[1:])
+
+
+async def test_unpublished_objects_are_named(dataset: DemoDataset) -> None:
+    """A set missing from the composition fails check and every read, naming the object."""
+    box = OneCSandbox(dataset)
+    box.unpublished = {"Catalog_Приоритеты", "AccumulationRegister_ЗаказыНаПеремещение"}
+    async with connected(box) as onec:
+        lines = by_name(await onec.check(NAMES))
+        with pytest.raises(PermanentError) as caught:
+            await onec.read_items()
+    detail = lines["required objects published"].detail
+    assert not lines["required objects published"].ok and lines["UT version detected"].ok
+    for text in (detail, str(caught.value)):
+        assert "Справочник.Приоритеты (Catalog_Приоритеты)" in text
+        assert "РегистрНакопления.ЗаказыНаПеремещение" in text
+        assert "Состав" in text
+    assert caught.value.code == "composition"
+
+
+async def test_forced_version_mismatch(dataset: DemoDataset) -> None:
+    """ut_version = 11.4 against an 11.5 base: the version line says forced, objects line fails."""
+    async with connected(OneCSandbox(dataset), ut_version="11.4") as onec:
+        lines = by_name(await onec.check(NAMES))
+    assert lines["UT version detected"].detail == "UT 11.4 (forced by onec.ut_version)"
+    assert "Группировка_Key" in lines["required objects published"].detail
+
+
+async def test_detects_114(dataset: DemoDataset) -> None:
+    """An 11.4 base is detected as such and passes."""
+    async with connected(OneCSandbox(dataset, ut_version="11.4")) as onec:
+        lines = by_name(await onec.check(NAMES))
+    assert all(line.ok for line in lines.values())
+    assert lines["UT version detected"].detail.startswith("UT 11.4")
+
+
+async def test_unknown_warehouse_and_organization(dataset: DemoDataset) -> None:
+    """A missing warehouse and an unknown organization each fail their own line only."""
+    async with connected(OneCSandbox(dataset), organization="ООО Другая") as onec:
+        lines = by_name(await onec.check(["Магазин Центральный", "Нет такого склада"]))
+    assert all(lines[s].ok for s in STEPS[:4])
+    assert "onec.organization" in lines["organization and priority resolved"].detail
+    assert "Бизнес Медиа" in lines["organization and priority resolved"].detail
+    assert "'Нет такого склада' not found" in lines["warehouses resolved"].detail
+
+
+async def test_metadata_is_read_once(dataset: DemoDataset) -> None:
+    """$metadata is fetched once and cached across reads; check reads it again."""
+    box = OneCSandbox(dataset)
+    async with connected(box) as onec:
+        await onec.read_items()
+        await onec.resolve_warehouses(NAMES)
+        assert box.requests_by_kind["metadata"] == 1
+        await onec.check(NAMES)
+        assert box.requests_by_kind["metadata"] == 2
