@@ -16,7 +16,13 @@ from typing import TypeVar
 import structlog
 
 from daemon.store.database import Database
-from daemon.store.outbox_leases import ClaimedEntry, ClaimRequest, Outcome, record_outcomes
+from daemon.store.outbox_leases import (
+    ClaimedEntry,
+    ClaimRequest,
+    Outcome,
+    record_outcomes,
+    release_claim,
+)
 
 logger = structlog.get_logger(__name__)
 
@@ -87,7 +93,8 @@ class OutcomeWriter:
         """Record ``outcome``; returns (recorded, the next row claimed for the caller or None).
 
         The write goes ahead even if the caller is cancelled; the caller then waits for it to
-        be committed before the cancellation propagates, so a settled row is never in doubt.
+        be committed before the cancellation propagates, so a settled row is never in doubt,
+        and a row the same commit claimed for the cancelled caller is handed straight back.
         """
         item = _Pending(entry, outcome, claim_next)
         self._pending.append(item)
@@ -97,10 +104,22 @@ class OutcomeWriter:
             return await asyncio.shield(item.done)
         except asyncio.CancelledError:
             await asyncio.wait({item.done})
-            if not item.done.cancelled() and item.done.exception() is not None:
+            if item.done.cancelled():
+                raise
+            if item.done.exception() is not None:
                 logger.error(
                     "outbox_write_failed_while_cancelled", error=repr(item.done.exception())
                 )
+                raise
+            _, unstarted = item.done.result()
+            if unstarted is not None:
+                try:
+                    await finish_write(
+                        release_claim(self._db, unstarted, self._owner, self._clock())
+                    )
+                except Exception as exc:
+                    # It stays leased and is reclaimed when the lease expires.
+                    logger.warning("outbox_release_failed", outbox_id=unstarted.id, error=repr(exc))
             raise
 
     async def _flush(self) -> None:

@@ -102,3 +102,19 @@ async def test_a_settle_cancelled_midway_is_still_committed(db: Database) -> Non
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await get_entry(db, entry.id)).state == "delivered"
+
+
+async def test_a_row_claimed_for_a_cancelled_caller_is_handed_back_untouched(
+    db: Database,
+) -> None:
+    """The next row claimed in a cancelled caller's commit returns to pending, attempt uncounted."""
+    (entry,) = await claim_due(db, kind=KIND_ONEC, owner="w1", now=T0, lease_s=60, limit=1)
+    writer = OutcomeWriter(db, "w1", lambda: T0 + 1)
+    task = asyncio.create_task(writer.settle(entry, Delivered("x", "1"), request()))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await get_entry(db, entry.id)).state == "delivered"
+    others = [await get_entry(db, row_id) for row_id in range(entry.id + 1, entry.id + 8)]
+    assert [(e.state, e.attempts, e.lease_owner) for e in others] == [("pending", 0, None)] * 7

@@ -190,6 +190,25 @@ async def extend_leases(
     return {int(row[0]) for row in rows}
 
 
+async def release_claim(db: Database, entry: ClaimedEntry, owner: str, now: float) -> bool:
+    """Hand back a row claimed but never attempted, exactly as it was before the claim.
+
+    For a worker stopped between claiming and starting: the attempt is not counted and the row
+    is due again at once (pending rows have no attempts yet; retry_wait rows have some; an
+    outcome_unknown flag, also one set by reclaiming a dead worker's lease, is kept).
+    """
+    async with db.transaction() as conn:
+        cursor = await conn.execute(
+            "UPDATE outbox SET attempts = attempts - 1, "
+            "state = CASE WHEN outcome_unknown = 1 THEN 'outcome_unknown' "
+            "             WHEN attempts > 1 THEN 'retry_wait' ELSE 'pending' END, "
+            "lease_owner = NULL, lease_until = NULL, updated_at = ? "
+            "WHERE id = ? AND state = 'in_flight' AND lease_owner = ?",
+            (now, entry.id, owner),
+        )
+        return cursor.rowcount == 1
+
+
 async def _apply(
     conn: aiosqlite.Connection, entry: ClaimedEntry, outcome: Outcome, owner: str, now: float
 ) -> bool:
