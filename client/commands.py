@@ -86,7 +86,7 @@ def logs(channel: grpc.Channel, args: argparse.Namespace, out: Output) -> int:
             else:
                 out.line(_format_log(event, out))
     except KeyboardInterrupt:
-        stream.cancel()
+        stream.cancel()  # type: ignore[no-untyped-call]
     return EXIT_OK
 
 

@@ -90,7 +90,7 @@ class DemoPrinter:
         print(text, file=self.stream, flush=True)
 
 
-async def _wait_ready(api: control_pb2_grpc.HubControlStub, serve: asyncio.Task[int]) -> None:
+async def _wait_ready(api: control_pb2_grpc.HubControlAsyncStub, serve: asyncio.Task[int]) -> None:
     async with asyncio.timeout(60):
         while True:
             if serve.done():
@@ -102,7 +102,7 @@ async def _wait_ready(api: control_pb2_grpc.HubControlStub, serve: asyncio.Task[
             await asyncio.sleep(0.1)
 
 
-async def _follow(api: control_pb2_grpc.HubControlStub, run_id: str, say: DemoPrinter) -> None:
+async def _follow(api: control_pb2_grpc.HubControlAsyncStub, run_id: str, say: DemoPrinter) -> None:
     async for event in api.WatchRun(pb.WatchRunRequest(run_id=run_id)):
         if event.kind == "phase":
             counts = ", ".join(f"{k} {v}" for k, v in sorted(event.counts.items()))
@@ -113,7 +113,7 @@ async def _follow(api: control_pb2_grpc.HubControlStub, run_id: str, say: DemoPr
             say(f"  · {event.message}")
 
 
-async def _wait_delivered(api: control_pb2_grpc.HubControlStub, run_id: str) -> pb.RunDetail:
+async def _wait_delivered(api: control_pb2_grpc.HubControlAsyncStub, run_id: str) -> pb.RunDetail:
     async with asyncio.timeout(180):
         while True:
             detail = await api.GetRun(pb.GetRunRequest(run_id=run_id))
@@ -139,15 +139,19 @@ def summarize(detail: pb.RunDetail, say: DemoPrinter) -> dict[str, Any]:
     say(f"Replenishment of «{TARGET_NAME}» — run {detail.run.id}")
     say("═" * 72)
     say(f"{len(items)} items analysed; {len(below)} below their minimum.")
-    for donor, lines in moved.items():
-        units = sum(Decimal(d.take) for i in lines for d in i.donors if d.donor == donor)
-        numbers = [d.number for d in docs if d.kind == "onec_transfer_order" and donor in d.summary]
+    for donor_name, lines in moved.items():
+        units = sum(
+            (Decimal(d.take) for i in lines for d in i.donors if d.donor == donor_name), Decimal(0)
+        )
+        numbers = [
+            d.number for d in docs if d.kind == "onec_transfer_order" and donor_name in d.summary
+        ]
         say(
-            f"• Moved from «{donor}»: {len(lines)} items, {_qty(units)} units — "
+            f"• Moved from «{donor_name}»: {len(lines)} items, {_qty(units)} units — "
             f"1C «Заказ на перемещение» № {', '.join(numbers) or '?'}"
         )
     if external:
-        units = sum(Decimal(i.external) for i in external)
+        units = sum((Decimal(i.external) for i in external), Decimal(0))
         numbers = [d.number for d in docs if d.kind == "moysklad_customer_order"]
         say(
             f"• Ordered in МойСклад: {len(external)} items, {_qty(units)} units — "
@@ -207,7 +211,9 @@ async def _demo(once: bool, items: int, state_dir: Path | None, out: TextIO) -> 
             serve = asyncio.create_task(hub.serve(), name="hubd")
             socket_path = hub.socket_path
             async with grpc.aio.insecure_channel(f"unix:{socket_path}") as channel:
-                api = control_pb2_grpc.HubControlStub(channel)
+                api: control_pb2_grpc.HubControlAsyncStub = control_pb2_grpc.HubControlStub(
+                    channel
+                )
                 await _wait_ready(api, serve)
                 say("hubd is up. Triggering a replenishment run and following it:")
                 reply = await api.TriggerRun(pb.TriggerRunRequest(job="replenishment"))

@@ -112,7 +112,7 @@ async def gather_inputs(
     waiting = pending_incoming(undelivered)
 
     target_inputs = []
-    for index, target in enumerate(target_whs):
+    for index, target_wh in enumerate(target_whs):
         incoming: dict[str, Decimal] = dict(transfers_tasks[index].result())
         _add(
             incoming,
@@ -122,9 +122,9 @@ async def gather_inputs(
                 if pid in item_by_product
             },
         )
-        _add(incoming, waiting.get(target.key, {}))
+        _add(incoming, waiting.get(target_wh.key, {}))
         donors = tuple(warehouses[name] for name in targets[index].donors)
-        target_inputs.append(TargetInputs(target=target, donors=donors, incoming=incoming))
+        target_inputs.append(TargetInputs(target=target_wh, donors=donors, incoming=incoming))
     norms = norms_task.result()
     await progress(
         "plan",

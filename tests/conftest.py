@@ -56,6 +56,7 @@ def base_sections(
             "agent": "ООО «Поставщик»",
             "store": "Основной склад",
             "request_timeout_s": 10,
+            "request_weight": 1,
         },
         "[[replenishment.targets]]": {
             "warehouse": "Магазин Центральный",

@@ -303,7 +303,10 @@ def _positive_id(value: int) -> None:
 
 
 def plan_item(item: PlanItemRecord) -> pb.PlanItem:
+    """A stored plan item (``ItemDecision.detail()``) as a message; quantities stay strings."""
     detail = item.detail
+    norm = detail.get("norm") or {}
+    deficit = detail.get("deficit") or {}
     return pb.PlanItem(
         target=item.target,
         item_key=item.item_key,
@@ -311,10 +314,10 @@ def plan_item(item: PlanItemRecord) -> pb.PlanItem:
         article=item.article,
         name=item.name,
         target_free=str(detail.get("target_free") or ""),
-        target_min=str(detail.get("minimum") or ""),
-        target_max=str(detail.get("maximum") or ""),
+        target_min=str(norm.get("minimum") or ""),
+        target_max=str(norm.get("maximum") or ""),
         incoming=str(detail.get("incoming") or ""),
-        need=str(detail.get("need_rounded") or detail.get("need") or ""),
+        need=str(deficit.get("need_rounded") or ""),
         donors=[
             pb.DonorTake(
                 donor=d["warehouse"]["name"],
@@ -322,10 +325,10 @@ def plan_item(item: PlanItemRecord) -> pb.PlanItem:
                 own_min=str(d["minimum"]),
                 take=str(d["take"]),
             )
-            for d in detail.get("donors", [])
+            for d in deficit.get("donors", [])
         ],
-        external=str(detail.get("external") or ""),
-        unmapped=str(detail.get("unmapped") or ""),
+        external=str(deficit.get("external") or ""),
+        unmapped=str(deficit.get("unmapped") or ""),
         decision=item.decision,
         reason=item.reason,
     )
