@@ -425,6 +425,14 @@ def report(args: argparse.Namespace, status: dict[str, Any], fanout: FanOut) -> 
         f"{follower_cpu / fanout.window_s * 100:.0f} %",
         f"of one core, all {len(fanout.results)} together, since subscribing",
     )
+    delivered = sum(r["received"] for r in fanout.results)
+    if delivered:
+        figure(
+            "daemon CPU per delivered event",
+            f"{fanout.daemon_cpu_s / delivered * 1e6:.0f} µs",
+            f"emission of {emitted} included; follower CPU per received event "
+            f"{follower_cpu / delivered * 1e6:.0f} µs",
+        )
     figure(
         "machine busy during fan-out",
         f"{fanout.machine_busy_pct:.0f} %",
