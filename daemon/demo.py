@@ -160,7 +160,8 @@ def summarize(detail: pb.RunDetail, say: DemoPrinter) -> dict[str, Any]:
     if unmapped:
         say(f"• Could not be ordered ({len(unmapped)} items, no МойСклад product):")
         for item in unmapped[:5]:
-            say(f"    {item.code} {item.name}: {_qty(item.unmapped)} — {item.reason}")
+            why = item.reason.rsplit("; ", 1)[-1].split(": ", 1)[-1]
+            say(f"    {item.code} {item.name}: {_qty(item.unmapped)} units — {why}")
         if len(unmapped) > 5:
             say(f"    … and {len(unmapped) - 5} more (hubctl runs show {detail.run.id})")
     states = Counter(d.state for d in docs)
