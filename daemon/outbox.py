@@ -263,7 +263,8 @@ class OutboxProcessor:
                 lease_s=self._settings.lease_s,
                 limit=lane.concurrency,
                 exclude=sorted(self._running),
-            )
+            ),
+            undo=self._writer.release,
         )
         if not claimed:
             return 0

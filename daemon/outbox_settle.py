@@ -29,20 +29,31 @@ logger = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 
-async def finish_write(write: Awaitable[_T]) -> _T:
+async def finish_write(
+    write: Awaitable[_T], undo: Callable[[_T], Awaitable[object]] | None = None
+) -> _T:
     """Run a database write to its end even if the calling task is cancelled meanwhile.
 
     Cancellation must not cut a transaction in half: an interrupted ``BEGIN`` can leave the
-    daemon's one shared connection inside a transaction. The write completes, then the
-    cancellation propagates.
+    daemon's one shared connection inside a transaction. The write completes, then ``undo``
+    (if given) runs on its result, e.g. to hand back rows a claim took, then the cancellation
+    propagates.
     """
     task = asyncio.ensure_future(write)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         await asyncio.wait({task})
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            raise
+        if task.exception() is not None:
             logger.error("outbox_write_failed_while_cancelled", error=repr(task.exception()))
+            raise
+        if undo is not None:
+            try:
+                await undo(task.result())
+            except Exception as exc:
+                logger.warning("outbox_undo_failed", error=repr(exc))
         raise
 
 
@@ -114,13 +125,16 @@ class OutcomeWriter:
             _, unstarted = item.done.result()
             if unstarted is not None:
                 try:
-                    await finish_write(
-                        release_claim(self._db, unstarted, self._owner, self._clock())
-                    )
+                    await self.release([unstarted])
                 except Exception as exc:
                     # It stays leased and is reclaimed when the lease expires.
                     logger.warning("outbox_release_failed", outbox_id=unstarted.id, error=repr(exc))
             raise
+
+    async def release(self, entries: Sequence[ClaimedEntry]) -> None:
+        """Hand back rows claimed but never attempted (see ``release_claim``)."""
+        for entry in entries:
+            await finish_write(release_claim(self._db, entry, self._owner, self._clock()))
 
     async def _flush(self) -> None:
         # Outcomes queued while one commit runs all go into the next one.

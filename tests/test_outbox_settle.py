@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.model import TransferLine, TransferOrderDocument, deterministic_uuid
-from daemon.outbox_settle import OutcomeWriter
+from daemon.outbox_settle import OutcomeWriter, finish_write
 from daemon.store import Database, open_database
 from daemon.store.outbox import KIND_ONEC, enqueue, get_entry
 from daemon.store.outbox_leases import ClaimRequest, Delivered, Retry, claim_due
@@ -118,3 +118,24 @@ async def test_a_row_claimed_for_a_cancelled_caller_is_handed_back_untouched(
     assert (await get_entry(db, entry.id)).state == "delivered"
     others = [await get_entry(db, row_id) for row_id in range(entry.id + 1, entry.id + 8)]
     assert [(e.state, e.attempts, e.lease_owner) for e in others] == [("pending", 0, None)] * 7
+
+
+async def test_a_claim_cancelled_midway_completes_and_its_rows_are_handed_back(
+    db: Database,
+) -> None:
+    """finish_write lets a cancelled claim commit, then its undo returns the rows unattempted."""
+    writer = OutcomeWriter(db, "w1", lambda: T0 + 1)
+    task = asyncio.create_task(
+        finish_write(
+            claim_due(db, kind=KIND_ONEC, owner="w1", now=T0, lease_s=60, limit=3),
+            undo=writer.release,
+        )
+    )
+    await asyncio.sleep(0)  # the claim is running
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    rows = [await get_entry(db, row_id) for row_id in range(1, 9)]
+    assert [(e.state, e.attempts, e.lease_owner) for e in rows] == [("pending", 0, None)] * 8
+    again = await claim_due(db, kind=KIND_ONEC, owner="w2", now=T0, lease_s=60, limit=8)
+    assert len(again) == 8
