@@ -37,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 import structlog  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from daemon.app import Hub  # noqa: E402
 from daemon.config import load_config  # noqa: E402
@@ -107,20 +109,31 @@ def own_cpu_s() -> float:
 # ---- the GetStatus client (runs as a child process: ``--status-client SOCKET``) ---------------
 
 
+def timed_calls(call: Callable[[], object], calls: int, warmup: int) -> list[float]:
+    """Latencies in ms of ``calls`` sequential calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    latencies: list[float] = []
+    for _ in range(calls):
+        began = time.perf_counter_ns()
+        call()
+        latencies.append((time.perf_counter_ns() - began) / 1e6)
+    return latencies
+
+
 def status_client(socket_path: str, calls: int, warmup: int) -> int:
     with grpc.insecure_channel(f"unix:{socket_path}") as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
         api = control_pb2_grpc.HubControlStub(channel)
-        request = pb.GetStatusRequest()
-        for _ in range(warmup):
-            api.GetStatus(request, timeout=10)
-        latencies: list[float] = []
-        for _ in range(calls):
-            began = time.perf_counter_ns()
-            api.GetStatus(request, timeout=10)
-            latencies.append((time.perf_counter_ns() - began) / 1e6)
-        last = api.GetStatus(request, timeout=10)
-    print(json.dumps({"latencies_ms": latencies, "last_runs": len(last.last_runs)}), flush=True)
+        health = health_pb2_grpc.HealthStub(channel)
+        status_request = pb.GetStatusRequest()
+        health_request = health_pb2.HealthCheckRequest(service="")
+        status = timed_calls(lambda: api.GetStatus(status_request, timeout=10), calls, warmup)
+        # the same number of health checks: the transport's floor (no handler work, no SQLite)
+        floor = timed_calls(lambda: health.Check(health_request, timeout=10), calls, warmup)
+        last = api.GetStatus(status_request, timeout=10)
+    result = {"latencies_ms": status, "health_ms": floor, "last_runs": len(last.last_runs)}
+    print(json.dumps(result), flush=True)
     return 0
 
 
@@ -158,10 +171,16 @@ async def measure_status(socket_path: Path, calls: int, warmup: int) -> dict[str
         "--calls", str(calls), "--warmup", str(warmup),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(), cwd=REPO,
     )  # fmt: skip
+    busy_before, total_before = machine_busy_ticks()
     out, err = await asyncio.wait_for(proc.communicate(), 120)
+    busy_after, total_after = machine_busy_ticks()
     if proc.returncode != 0:
         raise RuntimeError(f"status client exited with {proc.returncode}: {err.decode()[-2000:]}")
     result: dict[str, Any] = json.loads(out.decode().splitlines()[-1])
+    # the client and the daemon need about one core together; more means other load
+    result["machine_busy_pct"] = (
+        (busy_after - busy_before) / max(1, total_after - total_before) * 100
+    )
     return result
 
 
@@ -368,6 +387,17 @@ def report(args: argparse.Namespace, status: dict[str, Any], fanout: FanOut) -> 
         f"target ≤ {STATUS_P99_TARGET_MS:.0f} ms {'OK' if ok_status else 'MISSED'}",
     )
     figure("GetStatus max", f"{calls[-1]:.2f} ms", f"mean {statistics.fmean(calls):.2f} ms")
+    floor = sorted(status["health_ms"])
+    figure(
+        "transport floor: Health/Check p50 / p99",
+        f"{percentile(floor, 50):.2f} / {percentile(floor, 99):.2f} ms",
+        "same client and socket, no handler work",
+    )
+    figure(
+        "machine busy while measuring",
+        f"{status['machine_busy_pct']:.0f} %",
+        f"of all {os.cpu_count()} CPUs (client + daemon alone need about one)",
+    )
 
     emitted = fanout.emitted
     print()
