@@ -159,6 +159,7 @@ async def read_items(transport: ODataTransport) -> list[Item]:
         select=("Ref_Key", "Code", "Description", "Артикул"),
         orderby=("Ref_Key",),
         what="items",
+        large=True,
     )
     items = [
         Item(

@@ -19,24 +19,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
 from daemon.model import EMPTY_GUID, Norm
 from daemon.onec import odata
 from daemon.onec.metadata import NORMS, PACKAGES, OneCSchema
-from daemon.onec.transport import ODataTransport, rows_of
+from daemon.onec.transport import ODataTransport, rows_of, task_group
 
 log = structlog.get_logger(__name__)
 
 MINMAX = "ПоддержаниеЗапасаМинМакс"
 
 
-@dataclass(frozen=True, slots=True)
-class NormRow:
+class NormRow(NamedTuple):
+    # A NamedTuple: tens of thousands are built per run, and it is the cheapest record.
     warehouse: str
     item: str
     group: str
@@ -48,10 +47,11 @@ class NormRow:
 
 def decimal(value: Any) -> Decimal:
     """A JSON number from 1C as Decimal (floats already arrive as Decimal, see odata.loads)."""
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    kind = type(value)
+    if kind is int:
         return Decimal(value)
+    if kind is Decimal:
+        return value  # type: ignore[no-any-return]
     if isinstance(value, str):
         return Decimal(value.strip() or 0)
     return Decimal(0)
@@ -99,8 +99,8 @@ async def read_norms(
     started = time.monotonic()
     wanted = {key.lower() for key in warehouse_keys}
     group = schema.group_field
+    # The warehouse is fixed by each query, so rows do not repeat it.
     select = (
-        "Склад_Key",
         "Номенклатура_Key",
         group,
         "МинимальноеКоличествоЗапаса",
@@ -116,6 +116,7 @@ async def read_norms(
     # neither warehouse nor item.
     queries = [
         (
+            key,
             odata.all_of(
                 active,
                 odata.eq("Склад_Key", odata.guid(key)),
@@ -127,33 +128,39 @@ async def read_norms(
     ]
     queries.append(
         (
+            EMPTY_GUID,
             odata.all_of(active, odata.eq("Склад_Key", empty), odata.eq("Номенклатура_Key", empty)),
             (group, "Характеристика_Key"),
         )
     )
-    tasks: list[asyncio.Task[list[Any]]] = []
-    async with asyncio.TaskGroup() as tasks_group:
-        for where, orderby in queries:
+    tasks: list[tuple[str, asyncio.Task[list[Any]]]] = []
+    async with task_group() as tasks_group:
+        for warehouse, where, orderby in queries:
             read = transport.get_all(
-                NORMS, where=where, select=select, orderby=orderby, what="norms"
+                NORMS,
+                where=where,
+                select=select,
+                orderby=orderby,
+                what="norms",
+                large=warehouse != EMPTY_GUID,
             )
-            tasks.append(tasks_group.create_task(read))
-    raw = [row for task in tasks for row in task.result()]
-    rows = {
-        (r["Склад_Key"], r["Номенклатура_Key"], r[group]): NormRow(
-            warehouse=r["Склад_Key"],
-            item=r["Номенклатура_Key"],
-            group=r[group],
-            minimum=decimal(r["МинимальноеКоличествоЗапаса"]),
-            maximum=decimal(r["МаксимальноеКоличествоЗапаса"]),
-            method=r["МетодОбеспеченияПотребностей"],
-            package=r["УпаковкаЗаказа_Key"] or EMPTY_GUID,
+            tasks.append((warehouse, tasks_group.create_task(read)))
+    rows = [
+        NormRow(
+            warehouse,
+            r["Номенклатура_Key"],
+            r[group],
+            decimal(r["МинимальноеКоличествоЗапаса"]),
+            decimal(r["МаксимальноеКоличествоЗапаса"]),
+            r["МетодОбеспеченияПотребностей"],
+            r["УпаковкаЗаказа_Key"] or EMPTY_GUID,
         )
-        for r in raw
-    }
+        for warehouse, task in tasks
+        for r in task.result()
+    ]
     effective = {
         key: found
-        for key, found in resolve(rows.values()).items()
+        for key, found in resolve(rows).items()
         if key[1].lower() in wanted and found[0].method == MINMAX
     }
     package_keys = sorted({row.package for row, _ in effective.values()} - {EMPTY_GUID})
@@ -174,7 +181,7 @@ async def read_norms(
             package_size=size,
             source=source,
         )
-    log.info("onec_read", what="norms", rows=len(raw), norms=len(norms), elapsed_s=_since(started))
+    log.info("onec_read", what="norms", rows=len(rows), norms=len(norms), elapsed_s=_since(started))
     return norms
 
 
@@ -195,20 +202,29 @@ async def read_package_sizes(
             [("$format", "json"), ("$filter", odata.any_of("Ref_Key", run)), ("$select", select)],
         )
 
-    runs = odata.batches([odata.guid(k) for k in keys], render, max_url_bytes)
+    literals = [odata.guid(k) for k in keys]
+    # GUID terms all have one length, so the number of batches is known without cutting them.
+    alone = len(render(literals[:1]))
+    per_key = len(render(literals[:2])) - alone if len(literals) > 1 else 0
+    per_run = 1 + (max_url_bytes - alone) // per_key if per_key else len(literals)
+    expected_runs = -(-len(literals) // max(per_run, 1))
     rows: list[Any] = []
-    whole_catalog = False
-    if len(runs) > 2:
-        catalog_pages = -(-(await transport.count(PACKAGES, "", what="packages")) // page_size)
-        whole_catalog = catalog_pages < len(runs)
-    if whole_catalog:
+    catalog_size = None
+    if expected_runs > 2:
+        catalog_size = await transport.count(PACKAGES, "", what="packages")
+    if catalog_size is not None and -(-catalog_size // page_size) < expected_runs:
         rows = await transport.get_all(
-            PACKAGES, where="", select=select.split(","), orderby=("Ref_Key",), what="packages"
+            PACKAGES,
+            where="",
+            select=select.split(","),
+            orderby=("Ref_Key",),
+            what="packages",
+            count=catalog_size,
         )
     else:
         tasks = []
-        async with asyncio.TaskGroup() as group:
-            for run in runs:
+        async with task_group() as group:
+            for run in odata.batches(literals, render, max_url_bytes):
                 relative = transport.checked(render(run))
                 tasks.append(group.create_task(transport.get_json(relative, what="packages")))
         for task in tasks:

@@ -114,25 +114,34 @@ def batches(
     values: Sequence[str], render: Callable[[Sequence[str]], str], limit: int
 ) -> list[list[str]]:
     """Cut ``values`` into runs whose rendered request (``render(run)``, an encoded relative
-    URL) stays within ``limit`` bytes. A single value that cannot fit is a PermanentError."""
+    URL) stays within ``limit`` bytes. A single value that cannot fit is a PermanentError.
+
+    ``render`` joins per-value terms, so a run's length is the first value's request plus what
+    each further value adds; measuring that on two-value runs keeps this linear."""
     runs: list[list[str]] = []
     current: list[str] = []
+    size = start = 0
     for value in values:
-        trial = [*current, value]
-        if len(render(trial)) <= limit:
-            current = trial
-            continue
-        if not current or len(render([value])) > limit:
+        if current:
+            grown = size + len(render([current[0], value])) - start
+            if grown <= limit:
+                current.append(value)
+                size = grown
+                continue
+            runs.append(current)
+        start = size = len(render([value]))
+        if size > limit:
             raise PermanentError(
-                f"a request with a single value is {len(render([value]))} bytes, over the "
-                f"{limit}-byte limit (onec.max_url_bytes)",
+                f"a request with a single value is {size} bytes, over the {limit}-byte limit "
+                "(onec.max_url_bytes)",
                 system="1c",
                 code="url_length",
             )
-        runs.append(current)
         current = [value]
     if current:
         runs.append(current)
+    if any(len(render(run)) > limit for run in runs):
+        raise AssertionError("batches: render() is not a join of per-value terms")
     return runs
 
 

@@ -2,9 +2,10 @@
 
 One ``Balance`` call per warehouse, with the warehouse pushed into ``Condition`` (1C filters the
 virtual table while computing it; a ``$filter`` would be applied afterwards) and
-``Dimensions='Номенклатура,Склад'`` so 1C sums the Назначение/Серия/Помещение/Характеристика rows
-itself. Never one request per item, and never ``$skip`` paging: every page of a virtual table
-recomputes the whole table. The warehouses are asked concurrently.
+``Dimensions='Номенклатура'`` so 1C itself sums the Назначение/Серия/Помещение/Характеристика
+rows (the warehouse is fixed by the Condition). Never one request per item, and never ``$skip``
+paging: every page of a virtual table recomputes the whole table. The warehouses are asked
+concurrently.
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ import structlog
 from daemon.onec import odata
 from daemon.onec.metadata import STOCK
 from daemon.onec.norms import decimal
-from daemon.onec.transport import ODataTransport, rows_of
+from daemon.onec.transport import ODataTransport, rows_of, task_group
 
 log = structlog.get_logger(__name__)
 
-_SELECT = "Номенклатура_Key,Склад_Key,ВНаличииBalance,КОтгрузкеBalance"
+# The warehouse is fixed by the Condition, so rows carry only the item (a third less JSON).
+_SELECT = "Номенклатура_Key,ВНаличииBalance,КОтгрузкеBalance"
 
 
 def balance_url(transport: ODataTransport, warehouse_key: str) -> str:
     path = f"{STOCK}/" + odata.call(
         "Balance",
         Condition=odata.eq("Склад_Key", odata.guid(warehouse_key)),
-        Dimensions="Номенклатура,Склад",
+        Dimensions="Номенклатура",
     )
     return transport.url(path, [("$format", "json"), ("$select", _SELECT)])
 
@@ -41,19 +43,25 @@ async def read_free_stock(
 ) -> dict[tuple[str, str], Decimal]:
     """(item key, warehouse key) → free stock; pairs with no balance row are absent (0)."""
     started = time.monotonic()
-    tasks: list[asyncio.Task[Any]] = []
-    async with asyncio.TaskGroup() as group:
+    tasks: list[tuple[str, asyncio.Task[Any]]] = []
+    async with task_group() as group:
         for key in dict.fromkeys(warehouse_keys):
             relative = balance_url(transport, key)
-            tasks.append(group.create_task(transport.get_json(relative, what="stock balance")))
+            read = transport.get_json(relative, what="stock balance")
+            tasks.append((key, group.create_task(read)))
     free: dict[tuple[str, str], Decimal] = {}
     rows = 0
-    for task in tasks:
+    for warehouse, task in tasks:
         for row in rows_of(task.result(), "stock balance"):
             rows += 1
-            pair = (row["Номенклатура_Key"], row["Склад_Key"])
-            amount = decimal(row.get("ВНаличииBalance")) - decimal(row.get("КОтгрузкеBalance"))
-            free[pair] = free.get(pair, Decimal(0)) + amount
+            pair = (row["Номенклатура_Key"], warehouse)
+            on_hand, reserved = row.get("ВНаличииBalance", 0), row.get("КОтгрузкеBalance", 0)
+            if type(on_hand) is int and type(reserved) is int:
+                amount = Decimal(on_hand - reserved)  # the common case, one conversion
+            else:
+                amount = decimal(on_hand) - decimal(reserved)
+            # One row per item is the norm (Dimensions='Номенклатура'); add up just in case.
+            free[pair] = free[pair] + amount if pair in free else amount
     log.info(
         "onec_read", what="free_stock", rows=rows, elapsed_s=round(time.monotonic() - started, 3)
     )

@@ -35,7 +35,7 @@ from daemon.model import EMPTY_GUID, DeliveredDocument, TransferOrderDocument
 from daemon.onec import odata
 from daemon.onec.metadata import ORDER, ORDER_BALANCES, ORDER_LINES, OneCSchema
 from daemon.onec.norms import decimal
-from daemon.onec.transport import SYSTEM, ODataTransport, rows_of
+from daemon.onec.transport import SYSTEM, ODataTransport, rows_of, task_group
 
 log = structlog.get_logger(__name__)
 
@@ -297,7 +297,7 @@ async def read_incoming_transfers(
         return odata.relative_url(path, [("$format", "json"), ("$select", select)])
 
     tasks: list[asyncio.Task[Any]] = []
-    async with asyncio.TaskGroup() as group:
+    async with task_group() as group:
         for run in odata.batches(keys, render, max_url_bytes):
             relative = transport.checked(render(run))
             tasks.append(group.create_task(transport.get_json(relative, what="transfer balances")))

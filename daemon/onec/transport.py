@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -144,10 +145,15 @@ class ODataTransport:
         select: Sequence[str],
         orderby: Sequence[str],
         what: str,
+        large: bool = False,
+        count: int | None = None,
     ) -> list[Any]:
         """Every row of a (filtered) entity set, paged with ``$top``/``$skip`` and a stable
-        ``$orderby``; pages after the first are fetched concurrently once ``/$count`` says how
-        many there are. 1C sends no ``odata.nextLink``, so the client pages."""
+        ``$orderby`` (1C sends no ``odata.nextLink``, so the client pages).
+
+        The pages after the first are fetched concurrently once ``/$count`` says how many
+        there are. ``large`` asks for the count together with the first page (one round trip
+        less when the set surely spans pages); a known ``count`` skips asking."""
         size = self._settings.page_size
         filters = [("$filter", where)] if where else []
         params = [("$format", "json"), *filters, ("$select", ",".join(select))]
@@ -160,21 +166,31 @@ class ODataTransport:
             answer = await self.get_json(relative, what=f"{what} (page {index + 1})")
             return rows_of(answer, what)
 
-        rows = await page(0)
-        if len(rows) < size:
-            return rows
-        count = await self.count(set_name, where, what=what)
+        rows: list[Any] = []
+        fetched = 0  # pages already in ``rows``
+        if count is None:
+            if large:
+                async with task_group() as group:
+                    first = group.create_task(page(0))
+                    counted = group.create_task(self.count(set_name, where, what=what))
+                rows, count = first.result(), counted.result()
+            else:
+                rows = await page(0)
+                if len(rows) < size:
+                    return rows
+                count = await self.count(set_name, where, what=what)
+            fetched = 1
+            if len(rows) < size:
+                return rows
         pages = -(-count // size)
-        tasks: list[asyncio.Task[list[Any]]] = []
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(page(index)) for index in range(1, pages)]
+        async with task_group() as group:
+            tasks = [group.create_task(page(index)) for index in range(fetched, pages)]
         for task in tasks:
             rows.extend(task.result())
-        # Rows added between the count and the pages: keep going while pages come back full.
-        index = max(pages, 1)
-        while len(rows) >= index * size and index < pages + 1000:
-            extra = await page(index)
-            rows.extend(extra)
+        # More rows than counted: some were added meanwhile; read on while pages come full.
+        index = max(pages, fetched)
+        while len(rows) > count and len(rows) >= index * size and index < pages + 1000:
+            rows.extend(await page(index))
             index += 1
         return rows
 
@@ -243,6 +259,32 @@ def classify(status: int, body: bytes, *, what: str, unsafe: bool, user: str) ->
     else:
         text = f"1C rejected {what}"
     return cls(text, system=SYSTEM, status=status, code=code, remote_message=message)
+
+
+@asynccontextmanager
+async def task_group() -> AsyncIterator[asyncio.TaskGroup]:
+    """``asyncio.TaskGroup`` that fails with the error itself, not an ExceptionGroup.
+
+    When tasks fail, the others are cancelled (as usual) and one failure is raised — a
+    ``PermanentError`` in preference to a transient one — so callers keep seeing the
+    ``daemon.errors`` classes. Cancellation of the caller passes through untouched."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            yield group
+    except BaseExceptionGroup as failed:
+        leaves = list(_leaves(failed))
+        raise next(
+            (e for e in leaves if isinstance(e, PermanentError)),
+            next((e for e in leaves if isinstance(e, ConnectorError)), leaves[0]),
+        ) from None
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def rows_of(answer: Any, what: str) -> list[Any]:

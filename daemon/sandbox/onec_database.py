@@ -113,22 +113,34 @@ class EntityTable:
         return itemgetter(name)
 
     def select(self, filter_text: str, orderby: str) -> list[Row]:
-        """Rows matching ``$filter`` in ``$orderby`` order (cached until the table changes)."""
-        cache_key = (filter_text, orderby)
-        cached = self._cache.get(cache_key)
-        if cached is not None and cached[0] == self.version:
-            self._cache.move_to_end(cache_key)
-            return cached[1]
-        rows = self.rows
-        if filter_text:
-            predicate = compile_filter(_parse(filter_text), self._field)
-            rows = [row for row in rows if predicate(row)]
+        """Rows matching ``$filter`` in ``$orderby`` order. Both steps are cached until the
+        table changes, so every page (and the ``/$count``) of one query filters once."""
+        ordered = self._cached((filter_text, orderby))
+        if ordered is not None:
+            return ordered
+        rows = self._cached((filter_text, ""))
+        if rows is None:
+            rows = self.rows
+            if filter_text:
+                predicate = compile_filter(_parse(filter_text), self._field)
+                rows = [row for row in rows if predicate(row)]
+            self._store((filter_text, ""), rows)
         if orderby:
             rows = self._sorted(rows, orderby)
-        self._cache[cache_key] = (self.version, rows)
+            self._store((filter_text, orderby), rows)
+        return rows
+
+    def _cached(self, key: tuple[str, str]) -> list[Row] | None:
+        cached = self._cache.get(key)
+        if cached is None or cached[0] != self.version:
+            return None
+        self._cache.move_to_end(key)
+        return cached[1]
+
+    def _store(self, key: tuple[str, str], rows: list[Row]) -> None:
+        self._cache[key] = (self.version, rows)
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
-        return rows
 
     def _field(self, name: str) -> Getter:
         try:
@@ -137,14 +149,25 @@ class EntityTable:
             raise unknown_segment(name) from None
 
     def _sorted(self, rows: list[Row], orderby: str) -> list[Row]:
-        ordered = list(rows)
-        for clause in reversed([part.strip() for part in orderby.split(",")]):
+        clauses = []
+        for clause in (part.strip() for part in orderby.split(",")):
             name, _, direction = clause.partition(" ")
             direction = direction.strip().lower()
             if direction not in ("", "asc", "desc"):
                 raise ODataFault(400, "14", "Ошибка при разборе опции запроса $orderby")
-            get = self._field(name)
-            ordered.sort(key=lambda row: _sort_key(get(row)), reverse=direction == "desc")
+            self._field(name)
+            clauses.append((name, direction == "desc"))
+        names = [name for name, _ in clauses]
+        if len({desc for _, desc in clauses}) == 1:
+            try:
+                # One pass with a tuple key: the usual case (no nulls, one direction).
+                return sorted(rows, key=itemgetter(*names), reverse=clauses[0][1])
+            except TypeError:
+                pass
+        ordered = list(rows)
+        for name, desc in reversed(clauses):
+            get = itemgetter(name)
+            ordered.sort(key=lambda row: _sort_key(get(row)), reverse=desc)
         return ordered
 
 
@@ -217,16 +240,17 @@ class BalanceRegister:
             candidates = (row for row in pool if predicate(row))
         else:
             candidates = (row for rows in self._rows.values() for row in rows)
-        first_resource = len(self.entity.dimensions)
-        width = len(self.entity.resources)
+        resources = slice(len(self.entity.dimensions), None)
+        group_of = itemgetter(*chosen) if len(chosen) > 1 else (lambda row: (row[chosen[0]],))
         totals: dict[tuple[Any, ...], list[Decimal]] = {}
         for row in candidates:
-            group = tuple(row[i] for i in chosen)
+            group = group_of(row)
             sums = totals.get(group)
             if sums is None:
-                sums = totals[group] = [Decimal(0)] * width
-            for offset in range(width):
-                sums[offset] += row[first_resource + offset]
+                totals[group] = list(row[resources])
+            else:
+                for offset, value in enumerate(row[resources]):
+                    sums[offset] += value
         names = [self.props[i] for i in chosen]
         balance_names = [resource + "Balance" for resource in self.entity.resources]
         result = []
@@ -279,6 +303,13 @@ class OneCDatabase:
         if version == "11.4":
             self.registers[FREE_STOCK_114] = BalanceRegister(self.defs[FREE_STOCK_114], "Склад_Key")
         self._load(dataset)
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever any table or register does (keys the emulator's answer cache)."""
+        return sum(t.version for t in self.tables.values()) + sum(
+            r.version for r in self.registers.values()
+        )
 
     def next_version(self) -> str:
         self._counter += 1

@@ -20,7 +20,7 @@ import base64
 import binascii
 import json
 import random
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -74,9 +74,16 @@ class OneCSandbox:
         self.requests_by_kind: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
-        self.raw_requests: deque[str] = deque(maxlen=500)  # "METHOD raw-path?raw-query", newest last
+        self.raw_requests: deque[str] = deque(
+            maxlen=500
+        )  # "METHOD raw-path?raw-query", newest last
         self._warm = False
         self._metadata: dict[frozenset[str], bytes] = {}
+        # Successful GET answers by (path+query, base generation, composition): a repeated
+        # read of unchanged data is a lookup, as 1C's own caches make it cheap too.
+        self.answers: OrderedDict[tuple[str, int, frozenset[str]], tuple[str, bytes, str]] = (
+            OrderedDict()
+        )
         self.seed = 0
 
     @property
@@ -193,14 +200,20 @@ def _int_option(options: dict[str, str], name: str) -> int | None:
     return int(value)
 
 
-def _project(rows: list[Row], select: str, known: frozenset[str]) -> list[Row]:
+def _selected(select: str, known: frozenset[str]) -> tuple[str, ...]:
+    """``$select`` as a tuple of checked names; empty means every property."""
     if not select or select.strip() == "*":
-        return rows
-    names = [name.strip() for name in select.split(",")]
+        return ()
+    names = tuple(name.strip() for name in select.split(","))
     for name in names:
         if name not in known:
             raise unknown_segment(name)
-    return [{name: row[name] for name in names} for row in rows]
+    return names
+
+
+def _project(rows: list[Row], select: str, known: frozenset[str]) -> list[Row]:
+    names = _selected(select, known)
+    return [{name: row[name] for name in names} for row in rows] if names else rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,11 +318,35 @@ class _Handler:
                 return web.Response(status=404, text="Not Found")
             options = _query(request.rel_url.raw_query_string)
             as_json = options.get("$format") in ("json", "application/json")
+            key = (request.rel_url.raw_path_qs, box.db.generation, frozenset(box.unpublished))
+            cached = box.answers.get(key) if request.method == "GET" else None
+            if cached is not None:
+                kind, body, content_type = cached
+                box.requests_by_kind[kind] += 1
+                return web.Response(
+                    body=body,
+                    content_type=content_type,
+                    charset="utf-8",
+                    headers={"DataServiceVersion": "3.0"},
+                )
+            before = box.requests_by_kind.copy()
             try:
-                return await self._dispatch(request, unquote(raw_path[len(PREFIX) :]), options)
+                response = await self._dispatch(request, unquote(raw_path[len(PREFIX) :]), options)
             except ODataFault as fault_:
                 box.requests_by_kind["error"] += 1
                 return _error(fault_, as_json)
+            if (
+                request.method == "GET"
+                and isinstance(response, web.Response)
+                and response.status == 200
+            ):
+                kinds = list((box.requests_by_kind - before).keys())
+                answer = response.body
+                if len(kinds) == 1 and isinstance(answer, bytes):
+                    box.answers[key] = (kinds[0], answer, response.content_type)
+                    if len(box.answers) > 512:
+                        box.answers.popitem(last=False)
+            return response
         finally:
             box.in_flight -= 1
 
@@ -410,11 +447,11 @@ class _Handler:
         page = rows[skip : None if top is None else skip + top]
         if not as_json:
             return _atom(name, page)
-        payload: dict[str, Any] = {"odata.metadata": f"{root}$metadata#{name}"}
+        head: dict[str, Any] = {"odata.metadata": f"{root}$metadata#{name}"}
         if options.get("$inlinecount") == "allpages":
-            payload["odata.count"] = str(total)
-        payload["value"] = _project(page, options.get("$select", ""), table.entity.property_names)
-        return _json(payload)
+            head["odata.count"] = str(total)
+        head["value"] = _project(page, options.get("$select", ""), table.entity.property_names)
+        return _json(head)
 
     async def _register(
         self,

@@ -23,6 +23,12 @@ Getter = Callable[[Row], Any]
 Predicate = Callable[[Row], bool]
 
 
+class Guid(str):
+    """A ``guid'…'`` literal (canonical lower case): compared exactly, no case folding needed."""
+
+    __slots__ = ()
+
+
 class FilterSyntaxError(ValueError):
     """The expression cannot be parsed (1C: HTTP 400, code 14)."""
 
@@ -87,7 +93,7 @@ def _literal(kind: str, text: str) -> Any:
     body = _unquote("'" + rest)
     if prefix == "guid":
         try:
-            return str(uuid.UUID(body))
+            return Guid(uuid.UUID(body))
         except ValueError as exc:
             raise FilterSyntaxError(text) from exc
     try:
@@ -328,6 +334,17 @@ def compile_filter(node: Node, field: Callable[[str], Getter]) -> Predicate:
     return lambda row: evaluate(row) is True
 
 
+def _field_equals(get: Getter, value: Any) -> Getter:
+    """``Field eq literal``, the hot case: exact for GUIDs, booleans and numbers (the row holds
+    them canonically), case-folded only for plain strings."""
+    if isinstance(value, Guid) or (value is not None and not isinstance(value, str)):
+        return lambda row: get(row) == value
+    if value is None:
+        return lambda row: get(row) is None
+    folded = value.casefold()
+    return lambda row: isinstance(v := get(row), str) and v.casefold() == folded
+
+
 def _compile(node: Node, field: Callable[[str], Getter]) -> Getter:
     if isinstance(node, Literal):
         value = node.value
@@ -335,6 +352,8 @@ def _compile(node: Node, field: Callable[[str], Getter]) -> Getter:
     if isinstance(node, Field):
         return field(node.name)
     if isinstance(node, Compare):
+        if node.op == "eq" and isinstance(node.left, Field) and isinstance(node.right, Literal):
+            return _field_equals(field(node.left.name), node.right.value)
         left, right, op = _compile(node.left, field), _compile(node.right, field), node.op
         return lambda row: _compare(op, left(row), right(row))
     if isinstance(node, Not):
@@ -342,10 +361,18 @@ def _compile(node: Node, field: Callable[[str], Getter]) -> Getter:
         return lambda row: inner(row) is not True
     if isinstance(node, BoolOp):
         parts = [_compile(part, field) for part in node.parts]
-        if node.op == "and":
-            return lambda row: all(part(row) is True for part in parts)
-        return lambda row: any(part(row) is True for part in parts)
+        combined = parts[0]
+        for part in parts[1:]:
+            combined = _pair(node.op, combined, part)
+        return combined
     return _compile_call(node, field)
+
+
+def _pair(op: str, first: Getter, second: Getter) -> Getter:
+    # Nested closures short-circuit without a generator per row.
+    if op == "and":
+        return lambda row: first(row) is True and second(row) is True
+    return lambda row: first(row) is True or second(row) is True
 
 
 def _text(value: Any) -> str:
