@@ -133,6 +133,9 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # aiohttp's access log and asyncio's debug chatter are noise at info level
+    # aiohttp's access log is noise at info level. aiosqlite logs every statement at debug,
+    # including the history writer's own INSERTs into integration_logs: left at debug, each
+    # batch would log the next one's rows and the history would feed on itself.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
     return redactor

@@ -100,3 +100,23 @@ def test_stdlib_logging_goes_through_the_same_chain() -> None:
     assert lines[0]["level"] == "warning"
     assert lines[1]["event"] == "structured_event" and lines[1]["password"] == REDACTED
     assert "pa55word-xyz" not in stream.getvalue()
+
+
+async def test_debug_level_history_does_not_feed_on_itself(tmp_path: Path) -> None:
+    """At debug level, writing the history must not log more events about that writing."""
+    db = await open_database(tmp_path / "hub.sqlite3")
+    hub = LogHub()
+    hub.bind_loop()
+    configure_logging(level="debug", fmt="json", hub=hub, stream=io.StringIO())
+    try:
+        structlog.get_logger("t").info("one_event")
+        counts = []
+        for _ in range(4):
+            await hub.flush(db)
+            row = await db.fetchone("SELECT COUNT(*) FROM integration_logs")
+            assert row is not None
+            counts.append(row[0])
+        assert counts[-1] == counts[1], counts
+    finally:
+        logging.getLogger().handlers.clear()
+        await db.close()

@@ -49,14 +49,20 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
             try:
+                await self.conn.execute("BEGIN IMMEDIATE")
                 yield self.conn
             except BaseException:
-                await self.conn.rollback()
+                # also when cancelled during BEGIN itself: the statement may still have run on
+                # aiosqlite's thread, and the shared connection must not stay in a transaction
+                await asyncio.shield(self._rollback())
                 raise
             else:
                 await self.conn.commit()
+
+    async def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            await self.conn.rollback()
 
     async def fetchall(
         self, sql: str, params: tuple[object, ...] | dict[str, object] = ()
