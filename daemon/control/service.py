@@ -192,8 +192,8 @@ class HubControlService(control_pb2_grpc.HubControlServicer):
             raise BadArgumentError(
                 f"state must be one of {', '.join(OUTBOX_STATES)}; got {request.state!r}"
             )
-        if request.limit < 0 or request.limit > 10_000:
-            raise BadArgumentError("limit must be between 0 and 10000")
+        if request.limit < 0 or request.limit > 1000:
+            raise BadArgumentError("limit must be between 0 and 1000")
         entries = await outbox_store.list_entries(
             self.services.db, request.state or None, request.limit or 100
         )
