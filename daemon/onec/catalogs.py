@@ -153,23 +153,27 @@ async def resolve_priority(transport: ODataTransport, wanted: str) -> tuple[str,
 async def read_items(transport: ODataTransport) -> list[Item]:
     """Every item that is not a folder and not marked for deletion, in Ref_Key order."""
     started = time.monotonic()
-    rows = await transport.get_all(
+
+    def convert(rows: list[Any]) -> list[Any]:
+        return [
+            Item(
+                key=row["Ref_Key"],
+                code=row.get("Code") or "",
+                article=(row.get("Артикул") or "").strip(),
+                name=row.get("Description") or "",
+            )
+            for row in rows
+        ]
+
+    items: list[Item] = await transport.get_all(
         ITEMS,
         where=_LIVE,
         select=("Ref_Key", "Code", "Description", "Артикул"),
         orderby=("Ref_Key",),
         what="items",
         large=True,
+        convert=convert,
     )
-    items = [
-        Item(
-            key=row["Ref_Key"],
-            code=row.get("Code") or "",
-            article=(row.get("Артикул") or "").strip(),
-            name=row.get("Description") or "",
-        )
-        for row in rows
-    ]
     log.info("onec_read", what="items", rows=len(items), elapsed_s=_since(started))
     return items
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -133,8 +133,29 @@ async def read_norms(
             (group, "Характеристика_Key"),
         )
     )
-    tasks: list[tuple[str, asyncio.Task[list[Any]]]] = []
+
+    def converter(warehouse: str) -> Callable[[list[Any]], list[Any]]:
+        def convert(page: list[Any]) -> list[Any]:
+            return [
+                NormRow(
+                    warehouse,
+                    r["Номенклатура_Key"],
+                    r[group],
+                    decimal(r["МинимальноеКоличествоЗапаса"]),
+                    decimal(r["МаксимальноеКоличествоЗапаса"]),
+                    r["МетодОбеспеченияПотребностей"],
+                    r["УпаковкаЗаказа_Key"] or EMPTY_GUID,
+                )
+                for r in page
+            ]
+
+        return convert
+
+    tasks: list[asyncio.Task[list[Any]]] = []
     async with task_group() as tasks_group:
+        # The package catalog's size decides later how packages are looked up; asking now
+        # takes that round trip off the end of the read.
+        catalog = tasks_group.create_task(transport.count(PACKAGES, "", what="packages"))
         for warehouse, where, orderby in queries:
             read = transport.get_all(
                 NORMS,
@@ -143,21 +164,10 @@ async def read_norms(
                 orderby=orderby,
                 what="norms",
                 large=warehouse != EMPTY_GUID,
+                convert=converter(warehouse),
             )
-            tasks.append((warehouse, tasks_group.create_task(read)))
-    rows = [
-        NormRow(
-            warehouse,
-            r["Номенклатура_Key"],
-            r[group],
-            decimal(r["МинимальноеКоличествоЗапаса"]),
-            decimal(r["МаксимальноеКоличествоЗапаса"]),
-            r["МетодОбеспеченияПотребностей"],
-            r["УпаковкаЗаказа_Key"] or EMPTY_GUID,
-        )
-        for warehouse, task in tasks
-        for r in task.result()
-    ]
+            tasks.append(tasks_group.create_task(read))
+    rows: list[NormRow] = [row for task in tasks for row in task.result()]
     effective = {
         key: found
         for key, found in resolve(rows).items()
@@ -165,7 +175,11 @@ async def read_norms(
     }
     package_keys = sorted({row.package for row, _ in effective.values()} - {EMPTY_GUID})
     sizes = await read_package_sizes(
-        transport, package_keys, page_size=page_size, max_url_bytes=max_url_bytes
+        transport,
+        package_keys,
+        catalog_size=catalog.result(),
+        page_size=page_size,
+        max_url_bytes=max_url_bytes,
     )
     norms: dict[tuple[str, str], Norm] = {}
     for key, (row, source) in effective.items():
@@ -186,12 +200,17 @@ async def read_norms(
 
 
 async def read_package_sizes(
-    transport: ODataTransport, keys: Sequence[str], *, page_size: int, max_url_bytes: int
+    transport: ODataTransport,
+    keys: Sequence[str],
+    *,
+    catalog_size: int,
+    page_size: int,
+    max_url_bytes: int,
 ) -> dict[str, Decimal]:
     """Base units per package (Числитель / Знаменатель) for the given package keys.
 
     Looked up by key in batches; when that would take more requests than reading the whole
-    catalog page by page, the catalog is read instead (one ``$count`` decides)."""
+    catalog (``catalog_size`` entries) page by page, the catalog is read instead."""
     if not keys:
         return {}
     select = "Ref_Key,Числитель,Знаменатель"
@@ -209,10 +228,7 @@ async def read_package_sizes(
     per_run = 1 + (max_url_bytes - alone) // per_key if per_key else len(literals)
     expected_runs = -(-len(literals) // max(per_run, 1))
     rows: list[Any] = []
-    catalog_size = None
-    if expected_runs > 2:
-        catalog_size = await transport.count(PACKAGES, "", what="packages")
-    if catalog_size is not None and -(-catalog_size // page_size) < expected_runs:
+    if -(-catalog_size // page_size) < expected_runs:
         rows = await transport.get_all(
             PACKAGES,
             where="",

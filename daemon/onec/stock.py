@@ -14,7 +14,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
 
 import structlog
 
@@ -43,17 +42,14 @@ async def read_free_stock(
 ) -> dict[tuple[str, str], Decimal]:
     """(item key, warehouse key) → free stock; pairs with no balance row are absent (0)."""
     started = time.monotonic()
-    tasks: list[tuple[str, asyncio.Task[Any]]] = []
-    async with task_group() as group:
-        for key in dict.fromkeys(warehouse_keys):
-            relative = balance_url(transport, key)
-            read = transport.get_json(relative, what="stock balance")
-            tasks.append((key, group.create_task(read)))
     free: dict[tuple[str, str], Decimal] = {}
-    rows = 0
-    for warehouse, task in tasks:
-        for row in rows_of(task.result(), "stock balance"):
-            rows += 1
+    counted = [0]
+
+    async def read(warehouse: str) -> None:
+        answer = await transport.get_json(balance_url(transport, warehouse), what="stock balance")
+        for number, row in enumerate(rows_of(answer, "stock balance"), start=1):
+            if number % 2000 == 0:
+                await asyncio.sleep(0)  # a long answer: let the other requests move on
             pair = (row["Номенклатура_Key"], warehouse)
             on_hand, reserved = row.get("ВНаличииBalance", 0), row.get("КОтгрузкеBalance", 0)
             if type(on_hand) is int and type(reserved) is int:
@@ -62,6 +58,12 @@ async def read_free_stock(
                 amount = decimal(on_hand) - decimal(reserved)
             # One row per item is the norm (Dimensions='Номенклатура'); add up just in case.
             free[pair] = free[pair] + amount if pair in free else amount
+            counted[0] += 1
+
+    async with task_group() as group:
+        for key in dict.fromkeys(warehouse_keys):
+            group.create_task(read(key))
+    rows = counted[0]
     log.info(
         "onec_read", what="free_stock", rows=rows, elapsed_s=round(time.monotonic() - started, 3)
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -101,6 +101,9 @@ class ODataTransport:
         for attempt in range(1, attempts + 1):
             try:
                 _, body, _ = await self._exchange("GET", relative, None, what=what, unsafe=False)
+                # Let the request waiting for the slot just freed go out before this answer is
+                # parsed: parsing is CPU work, and the next request's round trip can run under it.
+                await asyncio.sleep(0)
                 return body
             except TransientError as exc:
                 if attempt == attempts:
@@ -147,13 +150,16 @@ class ODataTransport:
         what: str,
         large: bool = False,
         count: int | None = None,
+        convert: Callable[[list[Any]], list[Any]] | None = None,
     ) -> list[Any]:
         """Every row of a (filtered) entity set, paged with ``$top``/``$skip`` and a stable
         ``$orderby`` (1C sends no ``odata.nextLink``, so the client pages).
 
         The pages after the first are fetched concurrently once ``/$count`` says how many
         there are. ``large`` asks for the count together with the first page (one round trip
-        less when the set surely spans pages); a known ``count`` skips asking."""
+        less when the set surely spans pages); a known ``count`` skips asking. ``convert``
+        turns each page's rows into records (one per row) as soon as that page arrives, so the
+        work overlaps the other pages' round trips instead of following them."""
         size = self._settings.page_size
         filters = [("$filter", where)] if where else []
         params = [("$format", "json"), *filters, ("$select", ",".join(select))]
@@ -164,7 +170,8 @@ class ODataTransport:
                 set_name, [*params, ("$top", str(size)), ("$skip", str(index * size))]
             )
             answer = await self.get_json(relative, what=f"{what} (page {index + 1})")
-            return rows_of(answer, what)
+            rows = rows_of(answer, what)
+            return convert(rows) if convert is not None else rows
 
         rows: list[Any] = []
         fetched = 0  # pages already in ``rows``
