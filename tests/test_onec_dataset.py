@@ -10,7 +10,8 @@ from pydantic import SecretStr
 from daemon.model import EMPTY_GUID
 from daemon.onec.connector import OneCConnector
 from daemon.onec.settings import OneCSettings
-from daemon.sandbox.dataset import CASES, ExpectedOutcome, build_demo_dataset
+from daemon.sandbox.dataset import ExpectedOutcome, build_demo_dataset
+from daemon.sandbox.onec_dataset_cases import CASES
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
 
 

@@ -166,8 +166,20 @@ async def deliver(
                 raise
             log.info("onec_transfer_found", ref_key=found["Ref_Key"], after="refused create")
         else:
-            found = odata.loads(body)
             created_now = True
+            try:
+                found = odata.loads(body)
+            except ValueError:
+                found = None
+            if not isinstance(found, dict):
+                # 201 without a readable body: the order exists; read it back by its key.
+                found = await find_order(transport, doc)
+                if found is None:
+                    raise OutcomeUnknownError(
+                        "1C answered the create with 201 but the order cannot be found",
+                        system=SYSTEM,
+                        status=201,
+                    )
             log.info(
                 "onec_transfer_created",
                 ref_key=found.get("Ref_Key"),

@@ -13,41 +13,31 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from daemon.model import EMPTY_GUID
+from daemon.sandbox.onec_dataset_cases import (
+    BUILDERS,
+    CASES,
+    D1,
+    D2,
+    GROUPS,
+    JUNK,
+    MINMAX,
+    Case,
+    T,
+)
 
 # Keys of the demo base are uuid5 names under this namespace, so a given seed always yields the
 # same Ref_Keys (tests and the demo can refer to them across runs).
 DATASET_NAMESPACE = uuid.UUID("0b7e4d2c-9a51-5f3e-8c62-41d0a9e7b3f5")
 
-MINMAX = "ПоддержаниеЗапасаМинМакс"
 TARGET_NAME = "Магазин Центральный"
 DONOR_NAMES = ("Бестужевых", "Контейнер")
 UNRELATED_NAME = "Склад брака"
 ORGANIZATION_NAME = 'ООО "Бизнес Медиа"'
 PRIORITY_NAMES = ("Высокий", "Средний", "Низкий")
-
-CASES = (
-    "no_deficit",
-    "covered_by_first",
-    "covered_by_second",
-    "split",
-    "partly_external",
-    "all_external",
-    "donor_protected",
-    "reserved",
-    "no_norm",
-    "inactive_norm",
-    "other_method",
-    "packaging",
-    "unmapped",
-    "group_norm",
-    "detailed_over_group",
-    "min_only",
-)
 
 ZERO = Decimal(0)
 
@@ -182,222 +172,6 @@ class DemoDataset:
         raise KeyError(name)
 
 
-# ---------------------------------------------------------------------------------------------
-# Case construction
-# ---------------------------------------------------------------------------------------------
-
-T, D1, D2, JUNK = "target", "donor1", "donor2", "junk"
-
-
-@dataclass(slots=True)
-class _Norm:
-    minimum: int
-    maximum: int = 0
-    package: int = 0  # units per order package; 0 = none
-    active: bool = True
-    method: str = MINMAX
-    group: str = ""  # name of the norm group the item belongs to on that warehouse
-    detailed: bool = True  # a detailed row exists (False: only the group membership row)
-
-
-@dataclass(slots=True)
-class _Case:
-    name: str
-    norms: dict[str, _Norm] = field(default_factory=dict)  # role → norm
-    stock: dict[str, tuple[int, int]] = field(default_factory=dict)  # role → (ВНаличии, КОтгрузке)
-    takes: dict[str, int] = field(default_factory=dict)  # role → quantity
-    outside: int = 0  # quantity needed from outside MoySklad-or-unmapped
-    mapped: bool = True
-    empty_article: bool = False
-
-
-# Group settings: (name, min, max, method). Group rows have no item and no warehouse.
-_GROUPS = (("Ходовые", 10, 20, MINMAX), ("Под заказ", 10, 20, "ЗаказПодЗаказ"))
-
-
-def _no_deficit(v: int) -> _Case:
-    # v == 0: free stock equals the minimum exactly (not below it: no deficit).
-    return _Case("no_deficit", {T: _Norm(5 + v, 12 + v)}, {T: (5 + 2 * v, 0), D1: (10, 0)})
-
-
-def _covered_by_first(v: int) -> _Case:
-    # need = 20+v − (3+v) = 17; Бестужевых spare = (24+v) − 2 = 22+v ≥ 17.
-    return _Case(
-        "covered_by_first",
-        {T: _Norm(10, 20 + v), D1: _Norm(2)},
-        {T: (3 + v, 0), D1: (24 + v, 0), D2: (30, 0)},
-        takes={D1: 17},
-    )
-
-
-def _covered_by_second(v: int) -> _Case:
-    # need = 16 − (2+v); Бестужевых holds 4 or 3 against its own minimum 4: spare 0.
-    return _Case(
-        "covered_by_second",
-        {T: _Norm(8, 16), D1: _Norm(4)},
-        {T: (2 + v, 0), D1: (4 - v % 2, 0), D2: (20, 0)},
-        takes={D2: 14 - v},
-    )
-
-
-def _split(v: int) -> _Case:
-    # need = 25 − 5 = 20; Бестужевых spare = 10+v − 3 = 7+v; Контейнер gives the rest.
-    return _Case(
-        "split",
-        {T: _Norm(10, 25), D1: _Norm(3)},
-        {T: (5, 0), D1: (10 + v, 0), D2: (40, 0)},
-        takes={D1: 7 + v, D2: 13 - v},
-    )
-
-
-def _partly_external(v: int) -> _Case:
-    # need = 15; Бестужевых spare 4 (no norm); Контейнер spare 5+v − 2 = 3+v; rest outside.
-    return _Case(
-        "partly_external",
-        {T: _Norm(10, 20), D2: _Norm(2)},
-        {T: (5, 0), D1: (4, 0), D2: (5 + v, 0)},
-        takes={D1: 4, D2: 3 + v},
-        outside=8 - v,
-    )
-
-
-def _all_external(v: int) -> _Case:
-    # Donors hold nothing; the unrelated warehouse holds plenty and must not be used.
-    return _Case(
-        "all_external",
-        {T: _Norm(6 + v, 12 + v)},
-        {T: (1, 0), JUNK: (50, 0)},
-        outside=11 + v,
-    )
-
-
-def _donor_protected(v: int) -> _Case:
-    # need = 15; Бестужевых holds exactly its minimum, Контейнер less than its minimum.
-    return _Case(
-        "donor_protected",
-        {T: _Norm(10, 15), D1: _Norm(10), D2: _Norm(5)},
-        {T: (0, 0), D1: (10, 0), D2: (3 + v % 3, 0)},
-        outside=15,
-    )
-
-
-def _reserved(v: int) -> _Case:
-    # On hand 12+v ≥ min 6, but 8+v reserved: free 4 < 6, need 10 − 4 = 6.
-    # Бестужевых: 20 on hand, 12 reserved, min 2 → spare 6.
-    return _Case(
-        "reserved",
-        {T: _Norm(6, 10), D1: _Norm(2)},
-        {T: (12 + v, 8 + v), D1: (20, 12), D2: (30, 0)},
-        takes={D1: 6},
-    )
-
-
-def _no_norm(v: int) -> _Case:
-    return _Case("no_norm", {}, {T: (v, 0), D1: (50, 0)})
-
-
-def _inactive_norm(v: int) -> _Case:
-    return _Case("inactive_norm", {T: _Norm(10, 20, active=False)}, {T: (v, 0), D1: (50, 0)})
-
-
-def _other_method(v: int) -> _Case:
-    if v == 3:  # member of a group whose setting is not min-max
-        norm = _Norm(1, 2, group="Под заказ", detailed=False)
-    else:
-        norm = _Norm(10, 20, method="ПоддержаниеЗапасаНаСрокПоНорме" if v % 2 else "ЗаказПодЗаказ")
-    return _Case("other_method", {T: norm}, {T: (0, 0), D1: (50, 0)})
-
-
-def _packaging(v: int) -> _Case:
-    # Donor takes round down to whole packages, the outside quantity rounds up.
-    if v == 0:  # box of 6: need 25; Бестужевых 14 → 12; Контейнер 4 → 0; 13 → 18 outside
-        return _Case(
-            "packaging",
-            {T: _Norm(12, 30, package=6)},
-            {T: (5, 0), D1: (14, 0), D2: (4, 0)},
-            takes={D1: 12},
-            outside=18,
-        )
-    if v == 1:  # pack of 4: need 25; Бестужевых 14 → 12; Контейнер 4 → 4; 9 → 12 outside
-        return _Case(
-            "packaging",
-            {T: _Norm(12, 30, package=4)},
-            {T: (5, 0), D1: (14, 0), D2: (4, 0)},
-            takes={D1: 12, D2: 4},
-            outside=12,
-        )
-    if v == 2:  # box of 6: need 24 = 4 boxes, Бестужевых covers it whole
-        return _Case(
-            "packaging",
-            {T: _Norm(12, 30, package=6)},
-            {T: (6, 0), D1: (30, 0)},
-            takes={D1: 24},
-        )
-    # pack of 4, nothing spare: need 25 → 28 outside
-    return _Case("packaging", {T: _Norm(12, 30, package=4)}, {T: (5, 0)}, outside=28)
-
-
-def _unmapped(v: int) -> _Case:
-    # need = 14 − 2 = 12; odd variants get 5 from Бестужевых first.
-    stock = {T: (2, 0), D1: (5, 0)} if v % 2 else {T: (2, 0)}
-    takes = {D1: 5} if v % 2 else {}
-    return _Case(
-        "unmapped",
-        {T: _Norm(8, 14)},
-        stock,
-        takes=takes,
-        outside=7 if v % 2 else 12,
-        mapped=False,
-        empty_article=v % 2 == 0,
-    )
-
-
-def _group_norm(v: int) -> _Case:
-    # Only a membership row (its own numbers 1/2 must lose to the group's 10/20).
-    norms = {T: _Norm(1, 2, group="Ходовые", detailed=False)}
-    if v == 2:
-        # Бестужевых is a member too: its minimum 10 protects 10 of its 18; Контейнер the rest.
-        norms[D1] = _Norm(1, 2, group="Ходовые", detailed=False)
-        return _Case(
-            "group_norm", norms, {T: (6, 0), D1: (18, 0), D2: (40, 0)}, takes={D1: 8, D2: 6}
-        )
-    return _Case("group_norm", norms, {T: (4 + v, 0), D1: (40, 0)}, takes={D1: 16 - v})
-
-
-def _detailed_over_group(v: int) -> _Case:
-    # Detailed 5/8 wins over the group's 10/20: need 8 − 3 = 5 (the group would say 17).
-    return _Case(
-        "detailed_over_group",
-        {T: _Norm(5, 8, group="Ходовые")},
-        {T: (3, 0), D1: (40, 0)},
-        takes={D1: 5},
-    )
-
-
-def _min_only(v: int) -> _Case:
-    # No maximum: the target level is the minimum, need 10 − 4 = 6.
-    return _Case("min_only", {T: _Norm(10)}, {T: (4, 0), D1: (30, 0)}, takes={D1: 6})
-
-
-_BUILDERS: dict[str, Callable[[int], _Case]] = {
-    "no_deficit": _no_deficit,
-    "covered_by_first": _covered_by_first,
-    "covered_by_second": _covered_by_second,
-    "split": _split,
-    "partly_external": _partly_external,
-    "all_external": _all_external,
-    "donor_protected": _donor_protected,
-    "reserved": _reserved,
-    "no_norm": _no_norm,
-    "inactive_norm": _inactive_norm,
-    "other_method": _other_method,
-    "packaging": _packaging,
-    "unmapped": _unmapped,
-    "group_norm": _group_norm,
-    "detailed_over_group": _detailed_over_group,
-    "min_only": _min_only,
-}
-
 _WORDS = (
     "Кабель ВВГнг",
     "Розетка",
@@ -485,7 +259,7 @@ def build_demo_dataset(n_items: int = 300, seed: int = 42) -> DemoDataset:
     warehouses = [folder, *roles.values(), deleted_namesake]
 
     unit = PackageRecord(keys("unit", "pcs"), EMPTY_GUID, "шт", Decimal(1))
-    groups = {name: NormGroupRecord(keys("group", name), name) for name, _, _, _ in _GROUPS}
+    groups = {name: NormGroupRecord(keys("group", name), name) for name, _, _, _ in GROUPS}
     norms: list[NormRecord] = [
         NormRecord(
             EMPTY_GUID,
@@ -496,7 +270,7 @@ def build_demo_dataset(n_items: int = 300, seed: int = 42) -> DemoDataset:
             method=method,
             is_group=True,
         )
-        for name, low, high, method in _GROUPS
+        for name, low, high, method in GROUPS
     ]
     dataset = DemoDataset(
         seed=seed,
@@ -540,7 +314,7 @@ def build_demo_dataset(n_items: int = 300, seed: int = 42) -> DemoDataset:
         case_name = CASES[live % len(CASES)]
         variant = (live // len(CASES)) % 4
         live += 1
-        case = _BUILDERS[case_name](variant)
+        case = BUILDERS[case_name](variant)
         article = "" if case.empty_article else f"BM-{number:06d}"
         dataset.items.append(
             ItemRecord(
@@ -564,7 +338,7 @@ def build_demo_dataset(n_items: int = 300, seed: int = 42) -> DemoDataset:
 
 def _add_case(
     dataset: DemoDataset,
-    case: _Case,
+    case: Case,
     item_key: str,
     roles: dict[str, WarehouseRecord],
     groups: dict[str, NormGroupRecord],

@@ -26,7 +26,6 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
-from xml.sax.saxutils import escape
 
 from aiohttp import web
 
@@ -35,13 +34,22 @@ from daemon.sandbox.onec_database import (
     EntityTable,
     ODataFault,
     OneCDatabase,
-    Row,
     filter_rows,
     unknown_segment,
 )
 from daemon.sandbox.onec_documents import TransferOrders, summary
-from daemon.sandbox.onec_filter import FilterSyntaxError, parse_params
 from daemon.sandbox.onec_schema import ORDER, ORDER_LINES, enums, render_metadata
+from daemon.sandbox.onec_wire import (
+    atom_response,
+    drop_connection,
+    error_response,
+    int_option,
+    json_response,
+    parse_call_params,
+    parse_query,
+    project,
+    split_call,
+)
 
 PREFIX = "/ut11/odata/standard.odata/"
 
@@ -142,143 +150,6 @@ class OneCSandbox:
 
 
 # ---------------------------------------------------------------------------------------------
-# Request parsing
-# ---------------------------------------------------------------------------------------------
-
-
-def _query(raw: str) -> dict[str, str]:
-    # Deliberately not yarl/aiohttp's parser: those read "+" as a space; 1C does not.
-    options: dict[str, str] = {}
-    for pair in raw.split("&"):
-        if pair:
-            name, _, value = pair.partition("=")
-            options[unquote(name)] = unquote(value)
-    return options
-
-
-def _split_call(text: str) -> tuple[str, str | None, str]:
-    """``Name(args)/rest`` → (Name, args or None, rest); parentheses inside quotes ignored."""
-    index = 0
-    while index < len(text) and text[index] not in "(/":
-        index += 1
-    name = text[:index]
-    if index == len(text) or text[index] == "/":
-        return name, None, text[index + 1 :]
-    depth, quoted, position = 0, False, index
-    while position < len(text):
-        char = text[position]
-        if char == "'":
-            quoted = not quoted
-        elif not quoted and char == "(":
-            depth += 1
-        elif not quoted and char == ")":
-            depth -= 1
-            if depth == 0:
-                break
-        position += 1
-    if depth != 0:
-        raise ODataFault(400, "6", "Extra segments are found in a request to an entity container!")
-    rest = text[position + 1 :]
-    if rest and not rest.startswith("/"):
-        raise ODataFault(400, "6", "Extra segments are found in a request to an entity container!")
-    return name, text[index + 1 : position], rest[1:]
-
-
-def _params(text: str) -> dict[str, Any]:
-    try:
-        return parse_params(text)
-    except FilterSyntaxError:
-        raise ODataFault(400, "1", f"Не удалось разобрать строку '{text}'") from None
-
-
-def _int_option(options: dict[str, str], name: str) -> int | None:
-    if name not in options:
-        return None
-    value = options[name]
-    if not value.isdigit():
-        raise ODataFault(400, "14", f"Ошибка при разборе опции запроса {name}")
-    return int(value)
-
-
-def _selected(select: str, known: frozenset[str]) -> tuple[str, ...]:
-    """``$select`` as a tuple of checked names; empty means every property."""
-    if not select or select.strip() == "*":
-        return ()
-    names = tuple(name.strip() for name in select.split(","))
-    for name in names:
-        if name not in known:
-            raise unknown_segment(name)
-    return names
-
-
-def _project(rows: list[Row], select: str, known: frozenset[str]) -> list[Row]:
-    names = _selected(select, known)
-    return [{name: row[name] for name in names} for row in rows] if names else rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Responses
-# ---------------------------------------------------------------------------------------------
-
-
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
-        content_type="application/json",
-        charset="utf-8",
-        headers={"DataServiceVersion": "3.0", **(headers or {})},
-    )
-
-
-def _atom(set_name: str, rows: list[Row]) -> web.Response:
-    # Just enough Atom for a client to see it did not get JSON (reference §5.3).
-    def entry(row: Row) -> str:
-        props = "".join(
-            f"<d:{name}>{escape(str(value))}</d:{name}>"
-            for name, value in row.items()
-            if not isinstance(value, list)
-        )
-        return (
-            f'<entry><category term="StandardODATA.{set_name}"/>'
-            '<content type="application/xml">'
-            f"<m:properties>{props}</m:properties></content></entry>"
-        )
-
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?><feed xmlns="http://www.w3.org/2005/Atom" '
-        'xmlns:d="http://schemas.microsoft.com/ado/2007/08/dataservices" '
-        'xmlns:m="http://schemas.microsoft.com/ado/2007/08/dataservices/metadata">'
-        f'<title type="text">{escape(set_name)}</title>'
-        + "".join(entry(row) for row in rows)
-        + "</feed>"
-    )
-    return web.Response(text=body, content_type="application/atom+xml", charset="utf-8")
-
-
-def _error(fault: ODataFault, as_json: bool) -> web.Response:
-    if as_json:
-        payload = {
-            "odata.error": {"code": fault.code, "message": {"lang": "ru", "value": fault.message}}
-        }
-        return _json(payload, fault.status)
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?><m:error '
-        'xmlns:m="http://schemas.microsoft.com/ado/2007/08/dataservices/metadata">'
-        f"<m:code>{escape(fault.code)}</m:code>"
-        f'<m:message xml:lang="ru">{escape(fault.message)}</m:message></m:error>'
-    )
-    return web.Response(status=fault.status, text=body, content_type="application/xml")
-
-
-def _drop(request: web.Request) -> web.HTTPException:
-    """Close the connection without an answer; the caller raises what this returns."""
-    if request.transport is not None:
-        request.transport.close()
-    return web.HTTPInternalServerError()
-
-
-# ---------------------------------------------------------------------------------------------
 # The application
 # ---------------------------------------------------------------------------------------------
 
@@ -299,7 +170,7 @@ class _Handler:
             if fault == "timeout":
                 box.requests_by_kind["fault_timeout"] += 1
                 await asyncio.sleep(box.hang_s)
-                raise _drop(request)
+                raise drop_connection(request)
             if fault is not None:
                 box.requests_by_kind[f"fault_{fault}"] += 1
                 text = "<html><body><h1>Internal Server Error</h1></body></html>"
@@ -316,7 +187,7 @@ class _Handler:
             raw_path = request.rel_url.raw_path
             if not raw_path.startswith(PREFIX):
                 return web.Response(status=404, text="Not Found")
-            options = _query(request.rel_url.raw_query_string)
+            options = parse_query(request.rel_url.raw_query_string)
             as_json = options.get("$format") in ("json", "application/json")
             key = (request.rel_url.raw_path_qs, box.db.generation, frozenset(box.unpublished))
             cached = box.answers.get(key) if request.method == "GET" else None
@@ -334,7 +205,7 @@ class _Handler:
                 response = await self._dispatch(request, unquote(raw_path[len(PREFIX) :]), options)
             except ODataFault as fault_:
                 box.requests_by_kind["error"] += 1
-                return _error(fault_, as_json)
+                return error_response(fault_, as_json)
             if (
                 request.method == "GET"
                 and isinstance(response, web.Response)
@@ -377,8 +248,8 @@ class _Handler:
         if path == "":
             box.requests_by_kind["service"] += 1
             sets = [{"name": n, "url": n} for n in box.db.defs if box.published(n)]
-            return _json({"odata.metadata": root + "$metadata", "value": sets})
-        name, key, rest = _split_call(path)
+            return json_response({"odata.metadata": root + "$metadata", "value": sets})
+        name, key, rest = split_call(path)
         if not box.published(name):
             raise ODataFault(404, "6", f"Сегмент пути {name} не найден!")
         entity = box.db.defs[name]
@@ -423,13 +294,13 @@ class _Handler:
         else:
             box.requests_by_kind["entity"] += 1
         if not as_json:
-            return _atom(name, [row])
-        projected = _project([row], options.get("$select", ""), table.entity.property_names)[0]
-        return _json({"odata.metadata": f"{root}$metadata#{name}/@Element", **projected})
+            return atom_response(name, [row])
+        projected = project([row], options.get("$select", ""), table.entity.property_names)[0]
+        return json_response({"odata.metadata": f"{root}$metadata#{name}/@Element", **projected})
 
     @staticmethod
     def _key(table: EntityTable, text: str) -> tuple[Any, ...]:
-        params = _params(text)
+        params = parse_call_params(text)
         keys = table.entity.keys
         if "" in params and len(keys) == 1:
             return (params[""],)
@@ -442,16 +313,16 @@ class _Handler:
     ) -> web.Response:
         rows = table.select(options.get("$filter", ""), options.get("$orderby", ""))
         total = len(rows)
-        skip = _int_option(options, "$skip") or 0
-        top = _int_option(options, "$top")
+        skip = int_option(options, "$skip") or 0
+        top = int_option(options, "$top")
         page = rows[skip : None if top is None else skip + top]
         if not as_json:
-            return _atom(name, page)
+            return atom_response(name, page)
         head: dict[str, Any] = {"odata.metadata": f"{root}$metadata#{name}"}
         if options.get("$inlinecount") == "allpages":
             head["odata.count"] = str(total)
-        head["value"] = _project(page, options.get("$select", ""), table.entity.property_names)
-        return _json(head)
+        head["value"] = project(page, options.get("$select", ""), table.entity.property_names)
+        return json_response(head)
 
     async def _register(
         self,
@@ -463,18 +334,18 @@ class _Handler:
         root: str,
     ) -> web.Response:
         box = self.sandbox
-        function, args, tail = _split_call(rest) if rest else ("", None, "")
+        function, args, tail = split_call(rest) if rest else ("", None, "")
         if key is not None or method != "GET" or tail:
             raise ODataFault(400, "6", "Метод не найден")
         if not function:
             box.requests_by_kind["collection"] += 1
-            return _json({"odata.metadata": f"{root}$metadata#{name}", "value": []})
+            return json_response({"odata.metadata": f"{root}$metadata#{name}", "value": []})
         if function != "Balance":
             raise ODataFault(400, "6", "Метод не найден")
         box.requests_by_kind["balance"] += 1
         if box.balance_latency_s > 0:
             await asyncio.sleep(box.balance_latency_s)
-        params = _params(args) if args else {}
+        params = parse_call_params(args) if args else {}
         unknown = set(params) - {"Condition", "Dimensions", "Period"}
         if unknown:
             raise unknown_segment(sorted(unknown)[0])
@@ -484,14 +355,14 @@ class _Handler:
         known = frozenset(dims | {r + "Balance" for r in register.entity.resources})
         if options.get("$filter"):
             rows = filter_rows(rows, options["$filter"], known)
-        skip = _int_option(options, "$skip") or 0
-        top = _int_option(options, "$top")
+        skip = int_option(options, "$skip") or 0
+        top = int_option(options, "$top")
         rows = rows[skip : None if top is None else skip + top]
         payload = {
             "odata.metadata": f"{root}$metadata#{name}_Balance",
-            "value": _project(rows, options.get("$select", ""), known),
+            "value": project(rows, options.get("$select", ""), known),
         }
-        return _json(payload)
+        return json_response(payload)
 
     async def _create(self, request: web.Request, name: str, root: str) -> web.StreamResponse:
         box = self.sandbox
@@ -504,9 +375,9 @@ class _Handler:
         if box.drop_after_commit > 0:
             box.drop_after_commit -= 1
             box.requests_by_kind["dropped_after_commit"] += 1
-            raise _drop(request)
+            raise drop_connection(request)
         location = root + quote(f"{name}(guid'{row['Ref_Key']}')", safe="()'_-")
-        return _json(
+        return json_response(
             {"odata.metadata": f"{root}$metadata#{name}/@Element", **row},
             status=201,
             headers={"Location": location},
