@@ -16,6 +16,8 @@ EXIT_USAGE = 2  # bad arguments
 EXIT_UNREACHABLE = 69  # EX_UNAVAILABLE: the daemon cannot be reached
 
 CONNECT_TIMEOUT_S = 3.0
+# A run's plan can be large (tens of MB for 100,000 items); accept answers up to 512 MiB.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 512 * 1024 * 1024)]
 
 
 def default_socket() -> str:
@@ -57,9 +59,9 @@ def open_channel(target: Target) -> grpc.Channel:
             grpc.ssl_channel_credentials(root_certificates=root),
             grpc.access_token_call_credentials(token),
         )
-        channel = grpc.secure_channel(target.tcp, creds)
+        channel = grpc.secure_channel(target.tcp, creds, options=CHANNEL_OPTIONS)
     else:
-        channel = grpc.insecure_channel(f"unix:{target.socket}")
+        channel = grpc.insecure_channel(f"unix:{target.socket}", options=CHANNEL_OPTIONS)
     try:
         grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
     except grpc.FutureTimeoutError:

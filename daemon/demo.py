@@ -211,7 +211,9 @@ async def _demo(once: bool, items: int, state_dir: Path | None, out: TextIO) -> 
             say(f"State directory:       {state}  (log: {log_path})")
             serve = asyncio.create_task(hub.serve(), name="hubd")
             socket_path = hub.socket_path
-            async with grpc.aio.insecure_channel(f"unix:{socket_path}") as channel:
+            async with grpc.aio.insecure_channel(
+                f"unix:{socket_path}", options=[("grpc.max_receive_message_length", 1 << 29)]
+            ) as channel:
                 api: control_pb2_grpc.HubControlAsyncStub = control_pb2_grpc.HubControlStub(
                     channel
                 )

@@ -20,6 +20,9 @@ from protos.hub.v1 import control_pb2, control_pb2_grpc
 
 _log = structlog.get_logger(__name__)
 
+# Answers may be large (a 100,000-item plan); the request limit is the configured one.
+MAX_ANSWER_BYTES = 512 * 1024 * 1024
+
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["HubControl"].full_name
 
 
@@ -79,7 +82,7 @@ class ControlServer:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", max(settings.max_message_bytes, 16 * 1024 * 1024)),
+            ("grpc.max_send_message_length", MAX_ANSWER_BYTES),
             ("grpc.so_reuseport", 0),
         ]
         self._servers: list[grpc.aio.Server] = []

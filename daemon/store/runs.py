@@ -103,27 +103,39 @@ async def update_run(db: Database, run: RunRecord) -> None:
         await save_progress(conn, run)
 
 
-async def insert_plan_items(
-    conn: aiosqlite.Connection, run_id: str, items: Iterable[PlanItemRecord]
-) -> None:
+PlanItemRow = tuple[str, str, str, str, str, str, str, str, str]
+
+
+def plan_item_rows(run_id: str, items: Iterable[PlanItemRecord]) -> list[PlanItemRow]:
+    """Rows ready for ``insert_plan_item_rows``; pure CPU work, may run in a worker thread."""
+    return [
+        (
+            run_id,
+            i.target,
+            i.item_key,
+            i.code,
+            i.article,
+            i.name,
+            i.decision,
+            i.reason,
+            json.dumps(i.detail, ensure_ascii=False),
+        )
+        for i in items
+    ]
+
+
+async def insert_plan_item_rows(conn: aiosqlite.Connection, rows: list[PlanItemRow]) -> None:
     await conn.executemany(
         "INSERT INTO plan_items (run_id, target, item_key, code, article, name, decision,"
         " reason, detail_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                run_id,
-                i.target,
-                i.item_key,
-                i.code,
-                i.article,
-                i.name,
-                i.decision,
-                i.reason,
-                json.dumps(i.detail, ensure_ascii=False),
-            )
-            for i in items
-        ],
+        rows,
     )
+
+
+async def insert_plan_items(
+    conn: aiosqlite.Connection, run_id: str, items: Iterable[PlanItemRecord]
+) -> None:
+    await insert_plan_item_rows(conn, plan_item_rows(run_id, items))
 
 
 async def get_run(db: Database, run_id: str) -> RunRecord:
