@@ -17,7 +17,7 @@ from daemon.errors import PermanentError
 from daemon.model import Item, Warehouse
 from daemon.onec import odata
 from daemon.onec.metadata import ITEMS, ORGANIZATIONS, PRIORITIES, WAREHOUSES
-from daemon.onec.transport import SYSTEM, ODataTransport, rows_of
+from daemon.onec.transport import SYSTEM, ODataTransport, rows_of, since
 
 log = structlog.get_logger(__name__)
 
@@ -174,9 +174,5 @@ async def read_items(transport: ODataTransport) -> list[Item]:
         large=True,
         convert=convert,
     )
-    log.info("onec_read", what="items", rows=len(items), elapsed_s=_since(started))
+    log.info("onec_read", what="items", rows=len(items), elapsed_s=since(started))
     return items
-
-
-def _since(started: float) -> float:
-    return round(time.monotonic() - started, 3)

@@ -37,7 +37,7 @@ from daemon.onec.metadata import (
 from daemon.onec.norms import read_norms
 from daemon.onec.settings import OneCSettings
 from daemon.onec.stock import read_free_stock
-from daemon.onec.transport import SYSTEM, ODataTransport
+from daemon.onec.transport import SYSTEM, ODataTransport, since
 from daemon.ports import CheckResult
 
 log = structlog.get_logger(__name__)
@@ -83,7 +83,7 @@ class OneCConnector:
             "onec_metadata_loaded",
             entity_sets=len(meta.entity_sets),
             bytes=len(body),
-            elapsed_s=round(time.monotonic() - started, 3),
+            elapsed_s=since(started),
         )
         return meta
 

@@ -27,7 +27,7 @@ import structlog
 from daemon.model import EMPTY_GUID, Norm
 from daemon.onec import odata
 from daemon.onec.metadata import NORMS, PACKAGES, OneCSchema
-from daemon.onec.transport import ODataTransport, rows_of, task_group
+from daemon.onec.transport import ODataTransport, rows_of, since, task_group
 
 log = structlog.get_logger(__name__)
 
@@ -195,7 +195,7 @@ async def read_norms(
             package_size=size,
             source=source,
         )
-    log.info("onec_read", what="norms", rows=len(rows), norms=len(norms), elapsed_s=_since(started))
+    log.info("onec_read", what="norms", rows=len(rows), norms=len(norms), elapsed_s=since(started))
     return norms
 
 
@@ -252,7 +252,3 @@ async def read_package_sizes(
         if size > 0:
             sizes[row["Ref_Key"]] = size
     return sizes
-
-
-def _since(started: float) -> float:
-    return round(time.monotonic() - started, 3)

@@ -24,7 +24,6 @@ from urllib.parse import quote
 from xml.etree import ElementTree
 
 from daemon.errors import PermanentError
-from daemon.model import EMPTY_GUID
 
 _NAME = re.compile(r"[^\W\d]\w*")
 # Characters left as they are. Everything else, including space, "+", "&", "#", "%", "=" and
@@ -184,7 +183,3 @@ def parse_error(body: bytes) -> tuple[str | None, str | None]:
         found = {child.tag.rsplit("}", 1)[-1]: (child.text or "") for child in root}
         return found.get("code"), found.get("message")
     return None, None
-
-
-def is_empty_guid(key: str | None) -> bool:
-    return not key or key == EMPTY_GUID

@@ -32,9 +32,6 @@ class OneCSettings(BaseModel):
     )
     retry_base_s: float = Field(default=1.0, gt=0, le=60)
     retry_cap_s: float = Field(default=15.0, gt=0, le=600)
-    lookup_days: int = Field(
-        default=31, ge=1, le=400, description="How far back the marker search looks for an order"
-    )
     warehouse_keys: dict[str, str] = Field(
         default_factory=dict, description="Pinned Ref_Key per warehouse name"
     )

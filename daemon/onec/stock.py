@@ -20,7 +20,7 @@ import structlog
 from daemon.onec import odata
 from daemon.onec.metadata import STOCK
 from daemon.onec.norms import decimal
-from daemon.onec.transport import ODataTransport, rows_of, task_group
+from daemon.onec.transport import ODataTransport, rows_of, since, task_group
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +64,5 @@ async def read_free_stock(
         for key in dict.fromkeys(warehouse_keys):
             group.create_task(read(key))
     rows = counted[0]
-    log.info(
-        "onec_read", what="free_stock", rows=rows, elapsed_s=round(time.monotonic() - started, 3)
-    )
+    log.info("onec_read", what="free_stock", rows=rows, elapsed_s=since(started))
     return free

@@ -241,7 +241,7 @@ class ODataTransport:
             what=what,
             method=method,
             status=status,
-            elapsed_s=round(time.monotonic() - started, 3),
+            elapsed_s=since(started),
         )
         if 200 <= status < 300:
             return status, content, location
@@ -292,6 +292,11 @@ def _leaves(error: BaseException) -> Iterator[BaseException]:
             yield from _leaves(inner)
     else:
         yield error
+
+
+def since(started: float) -> float:
+    """Seconds since ``started`` (``time.monotonic()``), rounded for a log line."""
+    return round(time.monotonic() - started, 3)
 
 
 def rows_of(answer: Any, what: str) -> list[Any]:
