@@ -53,7 +53,7 @@ def follow(socket_path: str, deadline_s: float) -> dict[str, Any]:
         api = control_pb2_grpc.HubControlStub(channel)
         stream = api.TailLogs(pb.TailLogsRequest(follow=True, last=0), timeout=deadline_s)
         try:
-            for event in stream:
+            for event in (e for batch in stream for e in batch.events):
                 now_ms = time.time() * 1000
                 dropped += event.dropped_before
                 if event.event == BENCH_EVENT:

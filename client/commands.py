@@ -80,11 +80,12 @@ def logs(channel: grpc.Channel, args: argparse.Namespace, out: Output) -> int:
     )
     stream = stub(channel).TailLogs(request)
     try:
-        for event in stream:
-            if args.json:
-                out.json(to_dict(event))
-            else:
-                out.line(_format_log(event, out))
+        for batch in stream:
+            for event in batch.events:
+                if args.json:
+                    out.json(to_dict(event))
+                else:
+                    out.line(_format_log(event, out))
     except KeyboardInterrupt:
         stream.cancel()  # type: ignore[no-untyped-call]
     return EXIT_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -137,23 +138,24 @@ class LogHub:
 
     async def follow(self, follower: Follower) -> AsyncIterator[LogRecord]:
         """Yield the follower's events until the hub closes; reports drops on the next event."""
+        async for batch in self.follow_batches(follower):
+            for record in batch:
+                yield record
+
+    async def follow_batches(
+        self, follower: Follower, *, max_batch: int = 1000
+    ) -> AsyncIterator[list[LogRecord]]:
+        """Yield everything queued for the follower (up to ``max_batch``) at each wake-up, until
+        the hub closes. The first record after a drop carries how many were dropped."""
         try:
             while True:
                 while follower.queue:
-                    record = follower.queue.popleft()
+                    take = min(len(follower.queue), max_batch)
+                    batch = [follower.queue.popleft() for _ in range(take)]
                     if follower.dropped:
-                        record = LogRecord(
-                            record.ts,
-                            record.level,
-                            record.event,
-                            record.logger,
-                            record.run_id,
-                            record.job,
-                            record.data,
-                            dropped_before=follower.dropped,
-                        )
+                        batch[0] = dataclasses.replace(batch[0], dropped_before=follower.dropped)
                         follower.dropped = 0
-                    yield record
+                    yield batch
                 if follower.closed or self._closed:
                     return
                 follower.wakeup.clear()

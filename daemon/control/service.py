@@ -71,7 +71,7 @@ class HubControlService(control_pb2_grpc.HubControlServicer):
     @streaming
     async def TailLogs(
         self, request: pb.TailLogsRequest, context: Context
-    ) -> AsyncIterator[pb.LogEvent]:
+    ) -> AsyncIterator[pb.LogBatch]:
         if request.level and request.level not in LEVELS:
             raise BadArgumentError(
                 f"level must be one of {', '.join(LEVELS)}; got {request.level!r}"
@@ -84,12 +84,12 @@ class HubControlService(control_pb2_grpc.HubControlServicer):
             run_id=request.run_id,
         )
         try:
-            for record in history:
-                yield log_event(record)
+            for start in range(0, len(history), 1000):
+                yield pb.LogBatch(events=[log_event(r) for r in history[start : start + 1000]])
             if not request.follow:
                 return
-            async for record in self.services.hub.log_hub.follow(follower):
-                yield log_event(record)
+            async for batch in self.services.hub.log_hub.follow_batches(follower):
+                yield pb.LogBatch(events=[log_event(r) for r in batch])
         finally:
             self.services.hub.log_hub.unsubscribe(follower)
 

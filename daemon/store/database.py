@@ -67,15 +67,14 @@ class Database:
     async def fetchall(
         self, sql: str, params: tuple[object, ...] | dict[str, object] = ()
     ) -> list[aiosqlite.Row]:
-        async with self.conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # one trip to aiosqlite's thread instead of three (execute, fetch, close)
+        return list(await self.conn.execute_fetchall(sql, params))
 
     async def fetchone(
         self, sql: str, params: tuple[object, ...] | dict[str, object] = ()
     ) -> aiosqlite.Row | None:
-        async with self.conn.execute(sql, params) as cursor:
-            row: aiosqlite.Row | None = await cursor.fetchone()
-            return row
+        rows = await self.conn.execute_fetchall(sql, params)
+        return next(iter(rows), None)
 
     async def schema_version(self) -> int:
         row = await self.fetchone("PRAGMA user_version")

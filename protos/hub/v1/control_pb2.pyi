@@ -194,6 +194,26 @@ class TailLogsRequest(_message.Message):
 Global___TailLogsRequest: _TypeAlias = TailLogsRequest  # noqa: Y015
 
 @_typing.final
+class LogBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___LogEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogBatch: _TypeAlias = LogBatch  # noqa: Y015
+
+@_typing.final
 class LogEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

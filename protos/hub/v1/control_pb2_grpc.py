@@ -42,7 +42,7 @@ class HubControlStub:
         self.TailLogs = channel.unary_stream(
                 '/bisnesmedia.hub.v1.HubControl/TailLogs',
                 request_serializer=protos_dot_hub_dot_v1_dot_control__pb2.TailLogsRequest.SerializeToString,
-                response_deserializer=protos_dot_hub_dot_v1_dot_control__pb2.LogEvent.FromString,
+                response_deserializer=protos_dot_hub_dot_v1_dot_control__pb2.LogBatch.FromString,
                 _registered_method=True)
         self.TriggerRun = channel.unary_unary(
                 '/bisnesmedia.hub.v1.HubControl/TriggerRun',
@@ -128,6 +128,8 @@ class HubControlServicer:
 
     def TailLogs(self, request, context):
         """The last N events from the history, then (with follow) live events until cancelled.
+        Each message carries every event queued for this follower since the last one (one event
+        when the follower keeps up), so a burst costs one message, not one per event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,7 +232,7 @@ def add_HubControlServicer_to_server(servicer, server):
             'TailLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.TailLogs,
                     request_deserializer=protos_dot_hub_dot_v1_dot_control__pb2.TailLogsRequest.FromString,
-                    response_serializer=protos_dot_hub_dot_v1_dot_control__pb2.LogEvent.SerializeToString,
+                    response_serializer=protos_dot_hub_dot_v1_dot_control__pb2.LogBatch.SerializeToString,
             ),
             'TriggerRun': grpc.unary_unary_rpc_method_handler(
                     servicer.TriggerRun,
@@ -356,7 +358,7 @@ class HubControl:
             target,
             '/bisnesmedia.hub.v1.HubControl/TailLogs',
             protos_dot_hub_dot_v1_dot_control__pb2.TailLogsRequest.SerializeToString,
-            protos_dot_hub_dot_v1_dot_control__pb2.LogEvent.FromString,
+            protos_dot_hub_dot_v1_dot_control__pb2.LogBatch.FromString,
             options,
             channel_credentials,
             insecure,

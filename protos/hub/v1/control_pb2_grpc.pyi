@@ -35,8 +35,11 @@ class HubControlStub:
     def __new__(cls, channel: _aio.Channel) -> HubControlAsyncStub: ...
     GetStatus: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetStatusRequest, _control_pb2.Status]
     """Daemon, outbox, connectors and last runs at a glance."""
-    TailLogs: _grpc.UnaryStreamMultiCallable[_control_pb2.TailLogsRequest, _control_pb2.LogEvent]
-    """The last N events from the history, then (with follow) live events until cancelled."""
+    TailLogs: _grpc.UnaryStreamMultiCallable[_control_pb2.TailLogsRequest, _control_pb2.LogBatch]
+    """The last N events from the history, then (with follow) live events until cancelled.
+    Each message carries every event queued for this follower since the last one (one event
+    when the follower keeps up), so a burst costs one message, not one per event.
+    """
     TriggerRun: _grpc.UnaryUnaryMultiCallable[_control_pb2.TriggerRunRequest, _control_pb2.TriggerRunResponse]
     """Start a run of a job; if one is in progress, that run is returned instead."""
     WatchRun: _grpc.UnaryStreamMultiCallable[_control_pb2.WatchRunRequest, _control_pb2.RunProgress]
@@ -59,8 +62,11 @@ class HubControlAsyncStub(HubControlStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStatus: _aio.UnaryUnaryMultiCallable[_control_pb2.GetStatusRequest, _control_pb2.Status]  # type: ignore[assignment]
     """Daemon, outbox, connectors and last runs at a glance."""
-    TailLogs: _aio.UnaryStreamMultiCallable[_control_pb2.TailLogsRequest, _control_pb2.LogEvent]  # type: ignore[assignment]
-    """The last N events from the history, then (with follow) live events until cancelled."""
+    TailLogs: _aio.UnaryStreamMultiCallable[_control_pb2.TailLogsRequest, _control_pb2.LogBatch]  # type: ignore[assignment]
+    """The last N events from the history, then (with follow) live events until cancelled.
+    Each message carries every event queued for this follower since the last one (one event
+    when the follower keeps up), so a burst costs one message, not one per event.
+    """
     TriggerRun: _aio.UnaryUnaryMultiCallable[_control_pb2.TriggerRunRequest, _control_pb2.TriggerRunResponse]  # type: ignore[assignment]
     """Start a run of a job; if one is in progress, that run is returned instead."""
     WatchRun: _aio.UnaryStreamMultiCallable[_control_pb2.WatchRunRequest, _control_pb2.RunProgress]  # type: ignore[assignment]
@@ -92,8 +98,11 @@ class HubControlServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _control_pb2.TailLogsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_control_pb2.LogEvent], _abc.AsyncIterator[_control_pb2.LogEvent]]:
-        """The last N events from the history, then (with follow) live events until cancelled."""
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.LogBatch], _abc.AsyncIterator[_control_pb2.LogBatch]]:
+        """The last N events from the history, then (with follow) live events until cancelled.
+        Each message carries every event queued for this follower since the last one (one event
+        when the follower keeps up), so a burst costs one message, not one per event.
+        """
 
     @_abc_1.abstractmethod
     def TriggerRun(
