@@ -1,20 +1,19 @@
 """Crash soak (issue #6): SIGKILL hubd at random moments; no document may be lost or duplicated.
 
-Both emulators run in this process, so their state outlives every daemon; faults are switched on
-(random 5xx and hangs, answers dropped after a create committed, latency). In a loop, hubd is
-started on one state directory, a replenishment run is triggered, and hubd is SIGKILLed after a
-random wait (sometimes during start-up, sometimes after a longer wait so deliveries are in
-flight). While it is down, every document it created is "closed" without moving goods
-(МойСклад: shipped; 1C: nothing outstanding on any line), so the next run orders the same
-deficits again as new documents. At the end hubd runs once more without faults until the outbox
-is drained, and every outbox row (idempotency key, kind, lines) is compared with the documents
-in both emulators:
+Both emulators run in this process, so their state outlives every daemon; faults are on (random
+5xx and hangs, answers dropped after a create committed, latency). In a loop, hubd is started on
+one state directory, a replenishment run is triggered, and hubd is SIGKILLed after a random wait
+(sometimes during start-up, sometimes after a longer wait so deliveries are in flight). While it
+is down, every document it created is "closed" without moving goods (МойСклад: shipped; 1C:
+nothing outstanding on any line), so the next run orders the same deficits again as new
+documents. At the end hubd runs once more without faults until the outbox is drained, and every
+outbox row (idempotency key, kind, lines) is compared with the documents in both emulators:
 
-- lost: a planned document missing in its emulator (or a run whose plan counted more documents
-  than it has outbox rows, or a row never drained);
-- duplicated: two documents for one key (1C: same ``Ref_Key`` or marker key; МойСклад: same
+- lost: a planned document missing in its emulator, a row still undelivered after the drain,
+  or a run whose stored plan counts more documents than it has outbox rows;
+- duplicated: a second document for one key (1C: same ``Ref_Key`` or marker key; МойСклад: same
   ``syncId`` or ``externalCode``), or a document no outbox row accounts for;
-- mismatched: a document whose lines, quantities, warehouses or posting differ from the row.
+- mismatched: a document whose lines, quantities, warehouses or posting differ from its row.
 
 Dead rows are counted separately. The last three lines printed are ``kills: N``, ``lost: N``,
 ``duplicated: N``; the exit status is 1 when anything is lost, duplicated, mismatched or dead,
@@ -38,12 +37,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 
@@ -71,8 +70,8 @@ class SoakOptions:
     moysklad_fault_rate: float = 0.05
     drop_share: float = 0.3  # lives in which each emulator drops the answer of a committed create
     latency_s: float = 0.01
-    lease_s: float = 3.0  # short, so rows of a killed daemon are reclaimed within the soak
-    drain_timeout_s: float = 180.0
+    lease_s: float = 3.0  # short, so the rows of a killed daemon are reclaimed within the soak
+    drain_limit_s: float = 180.0
     progress_every: int = 50
 
 
@@ -80,6 +79,8 @@ class SoakOptions:
 class Audit:
     rows: int = 0
     delivered: int = 0
+    runs: int = 0
+    runs_with_documents: int = 0
     lost: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
@@ -88,35 +89,36 @@ class Audit:
 
 @dataclass
 class SoakResult:
-    kills: int
-    runs_planned: int
-    audit: Audit
-    unexpected_exits: int
-    trigger_failures: int
-    wall_s: float
     target_kills: int
+    kills: int = 0
+    kills_mid_delivery: int = 0  # the killed daemon held a lease on a row being delivered
+    unexpected_exits: int = 0
+    trigger_failures: int = 0
+    wall_s: float = 0.0
+    audit: Audit = field(default_factory=Audit)
+    coverage: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         a = self.audit
-        return (
-            self.kills >= self.target_kills
-            and not (a.lost or a.duplicated or a.mismatched or a.dead)
-            and self.unexpected_exits == 0
-        )
+        problems = a.lost or a.duplicated or a.mismatched or a.dead or self.unexpected_exits
+        return self.kills >= self.target_kills and not problems
 
     def report(self) -> list[str]:
         a = self.audit
         lines = [
-            f"runs with documents: {self.runs_planned}, outbox rows: {a.rows}, "
-            f"delivered: {a.delivered}, trigger failures: {self.trigger_failures}, "
-            f"hubd exits on its own: {self.unexpected_exits}, wall time: {self.wall_s:.0f} s",
+            f"runs {a.runs} (with documents {a.runs_with_documents}), outbox rows {a.rows}, "
+            f"delivered {a.delivered}, wall time {self.wall_s:.0f} s",
+            f"kills mid-delivery {self.kills_mid_delivery}, trigger failures "
+            f"{self.trigger_failures}, hubd exits on its own {self.unexpected_exits}",
+            ", ".join(f"{name} {count}" for name, count in self.coverage.items()),
+            f"dead: {len(a.dead)}",
+            f"mismatched: {len(a.mismatched)}",
         ]
         for label, found in (("dead", a.dead), ("mismatched", a.mismatched)):
-            lines.append(f"{label}: {len(found)}")
-            lines += [f"  {text}" for text in found[:10]]
-        lines += [f"  lost: {text}" for text in a.lost[:10]]
-        lines += [f"  duplicated: {text}" for text in a.duplicated[:10]]
+            lines += [f"  {label}: {text}" for text in found[:10]]
+        for label, found in (("lost", a.lost), ("duplicated", a.duplicated)):
+            lines += [f"  {label}: {text}" for text in found[:10]]
         return [
             *lines,
             f"kills: {self.kills}",
@@ -166,22 +168,26 @@ enabled = false
 
 
 class Daemon:
-    """hubd lives on one state directory; READY comes over our own NOTIFY_SOCKET."""
+    """hubd on one state directory; READY comes over the soak's own NOTIFY_SOCKET."""
 
     def __init__(self, workdir: Path, config: Path, env: dict[str, str], log: IO[bytes]) -> None:
         self.socket_path = workdir / "state" / "hubd.sock"
-        self._config = config
-        self._log = log
+        self._config, self._log = config, log
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(workdir / "notify.sock"))
         self._notify.setblocking(False)
-        clean = {
+        inherited = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith(("HUB_", "NOTIFY_", "WATCHDOG_", "CREDENTIALS_"))
         }
-        self._env = {**clean, **env, "NOTIFY_SOCKET": str(workdir / "notify.sock")}
+        self._env = {**inherited, **env, "NOTIFY_SOCKET": str(workdir / "notify.sock")}
         self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def worker_id(self) -> str:
+        """The outbox lease owner this daemon uses (``daemon.services``: host:pid)."""
+        return f"{socket.gethostname()}:{self.proc.pid if self.proc else 0}"
 
     async def start(self) -> None:
         for _ in range(10_000):  # forget datagrams a killed predecessor left behind
@@ -222,9 +228,9 @@ class Daemon:
         return None if self.proc is None else self.proc.returncode
 
     async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
         if self.proc is not None:
+            if self.proc.returncode is None:
+                self.proc.kill()
             await self.proc.wait()
 
     async def stop(self) -> int:
@@ -241,33 +247,32 @@ class Daemon:
 
 
 class Closer:
-    """Closes delivered documents without moving goods, so their deficits count again."""
+    """Closes the hub's documents without moving goods, so their deficits count again."""
 
     def __init__(self, onec: OneCSandbox, moysklad: MoySkladSandbox) -> None:
         self._onec, self._moysklad = onec, moysklad
-        self._onec_done: set[str] = set()
-        self._moysklad_done: set[str] = set()
+        self._done: set[str] = set()
 
     def close_all(self) -> None:
         for order in self._onec.transfer_orders():
-            # Unposted orders have no register rows yet; the hub posts them later, so they are
-            # closed on a later pass.
-            if order["Posted"] and order["Ref_Key"] not in self._onec_done:
+            # An unposted order has no register rows yet; once the hub posts it, a later pass
+            # closes it.
+            if order["Posted"] and order["Ref_Key"] not in self._done:
                 for line in order["lines"]:
                     self._onec.set_transfer_outstanding(
                         order["Ref_Key"], line["item_key"], Decimal(0)
                     )
-                self._onec_done.add(order["Ref_Key"])
+                self._done.add(order["Ref_Key"])
         for ms_order in self._moysklad.orders():
-            if ms_order["id"] not in self._moysklad_done:
+            if ms_order["id"] not in self._done:
                 self._moysklad.mark_shipped(ms_order["id"])
-                self._moysklad_done.add(ms_order["id"])
+                self._done.add(ms_order["id"])
 
 
 def set_faults(
     onec: OneCSandbox, moysklad: MoySkladSandbox, options: SoakOptions | None, rng: random.Random
 ) -> None:
-    """Faults for the next life (``options`` None: none at all)."""
+    """Faults for the next life of hubd (``options`` None: none at all)."""
     onec.fault_rate = options.onec_fault_rate if options else 0.0
     moysklad.fault_rate = options.moysklad_fault_rate if options else 0.0
     onec.latency_s = moysklad.latency_s = options.latency_s if options else 0.0
@@ -276,149 +281,161 @@ def set_faults(
     moysklad.drop_after_commit = int(rng.random() < drop)
 
 
+def coverage(onec: OneCSandbox, moysklad: MoySkladSandbox, log: Path) -> dict[str, int]:
+    """What the faults and kills provoked: evidence the soak exercised the hard paths."""
+    found = Counter[str]()
+    with log.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if '"outbox_delivered"' in line and '"created_now": false' in line:
+                found["deliveries that found their document already there"] += 1
+    faults = sum(n for kind, n in onec.requests_by_kind.items() if kind.startswith("fault_"))
+    return {
+        **found,
+        "1C faults": faults,
+        "1C answers dropped after commit": onec.requests_by_kind["dropped_after_commit"],
+        "МойСклад faults": moysklad.faults_injected,
+        "МойСклад answers dropped after commit": moysklad.drops,
+    }
+
+
 # -- the audit ----------------------------------------------------------------------------------
 
 
-def _read_db(path: Path) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
-    with sqlite3.connect(path, timeout=10) as conn:
+def _query(path: Path, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(path, timeout=10)
+    try:
         conn.row_factory = sqlite3.Row
-        rows = conn.execute(
-            "SELECT id, run_id, kind, idempotency_key, payload_json, state, external_id, "
-            "last_error FROM outbox ORDER BY id"
-        ).fetchall()
-        runs = conn.execute("SELECT id, counts_json FROM runs").fetchall()
-    conn.close()
-    return rows, runs
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def _append(path: Path) -> IO[bytes]:
-    return path.open("ab")
+        return conn.execute(sql, tuple(params)).fetchall()
+    finally:
+        conn.close()
 
 
 def undrained(path: Path) -> int:
-    with sqlite3.connect(path, timeout=10) as conn:
-        marks = ",".join("?" for _ in UNDELIVERED)
-        (count,) = conn.execute(
-            f"SELECT count(*) FROM outbox WHERE state IN ({marks})", UNDELIVERED
-        ).fetchone()
-    conn.close()
-    return int(count)
+    marks = ",".join("?" for _ in UNDELIVERED)
+    rows = _query(path, f"SELECT count(*) FROM outbox WHERE state IN ({marks})", UNDELIVERED)
+    return int(rows[0][0])
 
 
-def _marker_key(comment: str) -> str | None:
-    for token in comment.split():
-        if token.startswith("key="):
-            return token[4:]
-    return None
+def leased_by(path: Path, owner: str) -> int:
+    if not path.exists():  # killed before it created its database
+        return 0
+    sql = "SELECT count(*) FROM outbox WHERE state = 'in_flight' AND lease_owner = ?"
+    return int(_query(path, sql, (owner,))[0][0])
 
 
-def _totals(pairs: list[tuple[str, Decimal]]) -> dict[str, Decimal]:
+def _totals(pairs: Iterable[tuple[str, Any]]) -> dict[str, Decimal]:
     totals: dict[str, Decimal] = {}
     for key, qty in pairs:
-        totals[key] = totals.get(key, Decimal(0)) + qty
+        totals[key] = totals.get(key, Decimal(0)) + Decimal(str(qty))
     return totals
 
 
-def audit(db_path: Path, onec: OneCSandbox, moysklad: MoySkladSandbox) -> tuple[Audit, int]:
-    """Compare every outbox row with both emulators; also returns how many runs planned any."""
-    rows, runs = _read_db(db_path)
-    result = Audit(rows=len(rows))
+def _marker_key(comment: str) -> str | None:
+    return next((t[4:] for t in comment.split() if t.startswith("key=")), None)
+
+
+def _onec_match(payload: str, orders: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(every 1C order this row accounts for, those that differ from it)."""
+    doc = TransferOrderDocument.model_validate_json(payload)
+    found = [
+        o for o in orders
+        if o["Ref_Key"] == doc.ref_key or _marker_key(o["comment"]) == doc.idempotency_key
+    ]  # fmt: skip
+    wanted = _totals((line.item_key, line.quantity) for line in doc.lines)
+    bad = [
+        o["Ref_Key"] for o in found
+        if not o["Posted"]
+        or (o["sender"], o["receiver"]) != (doc.sender_key, doc.receiver_key)
+        or _totals((line["item_key"], line["quantity"]) for line in o["lines"]) != wanted
+    ]  # fmt: skip
+    return [o["Ref_Key"] for o in found], bad
+
+
+def _moysklad_match(payload: str, orders: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(every МойСклад order this row accounts for, those that differ from it)."""
+    doc = CustomerOrderDocument.model_validate_json(payload)
+    found = [
+        o for o in orders if doc.sync_id == o["syncId"] or doc.external_code == o["externalCode"]
+    ]
+    wanted = _totals((line.product_id, line.quantity) for line in doc.lines)
+    bad = [
+        o["id"] for o in found
+        if _totals((p["product_id"], p["quantity"]) for p in o["positions"]) != wanted
+    ]  # fmt: skip
+    return [o["id"] for o in found], bad
+
+
+def audit(db_path: Path, onec: OneCSandbox, moysklad: MoySkladSandbox) -> Audit:
+    """Compare every run's outbox rows with the documents in both emulators."""
+    rows = _query(db_path, "SELECT * FROM outbox ORDER BY id")
+    runs = _query(db_path, "SELECT id, counts_json FROM runs")
+    result = Audit(rows=len(rows), runs=len(runs))
     per_run = Counter(str(row["run_id"]) for row in rows)
-    planned_runs = 0
     for run in runs:
         planned = int(json.loads(run["counts_json"] or "{}").get("documents", 0))
-        planned_runs += planned > 0
+        result.runs_with_documents += planned > 0
         if per_run[run["id"]] < planned:
             result.lost.append(
                 f"run {run['id']} planned {planned}, outbox has {per_run[run['id']]}"
             )
-
-    onec_orders = onec.transfer_orders()
-    ms_orders = moysklad.orders()
-    onec_used: set[str] = set()
-    ms_used: set[str] = set()
+    onec_orders, ms_orders = onec.transfer_orders(), moysklad.orders()
+    used: set[str] = set()
     for row in rows:
         key, state = str(row["idempotency_key"]), str(row["state"])
+        if row["kind"] == "onec_transfer_order":
+            ids, bad = _onec_match(row["payload_json"], onec_orders)
+        else:
+            ids, bad = _moysklad_match(row["payload_json"], ms_orders)
+        used.update(ids)
         result.delivered += state == "delivered"
         if state == "dead":
-            result.dead.append(f"{key}: {row['last_error']}")
+            result.dead.append(f"{key} ({len(ids)} document(s)): {row['last_error']}")
         elif state != "delivered":
             result.lost.append(f"{key} still {state} after the drain")
-        if row["kind"] == "onec_transfer_order":
-            doc = TransferOrderDocument.model_validate_json(row["payload_json"])
-            found = [
-                o for o in onec_orders
-                if o["Ref_Key"] == doc.ref_key or _marker_key(o["comment"]) == key
-            ]  # fmt: skip
-            onec_used.update(o["Ref_Key"] for o in found)
-            ids = [o["Ref_Key"] for o in found]
-            wanted = _totals([(ln.item_key, ln.quantity) for ln in doc.lines])
-            got = [_totals([(ln["item_key"], ln["quantity"]) for ln in o["lines"]]) for o in found]
-            bad = [
-                o["Ref_Key"] for o, lines in zip(found, got, strict=True)
-                if lines != wanted or not o["Posted"]
-                or (o["sender"], o["receiver"]) != (doc.sender_key, doc.receiver_key)
-            ]  # fmt: skip
-        else:
-            ms_doc = CustomerOrderDocument.model_validate_json(row["payload_json"])
-            found = [
-                o for o in ms_orders
-                if o["syncId"] == ms_doc.sync_id or o["externalCode"] == ms_doc.external_code
-            ]  # fmt: skip
-            ms_used.update(o["id"] for o in found)
-            ids = [o["id"] for o in found]
-            wanted = _totals([(ln.product_id, ln.quantity) for ln in ms_doc.lines])
-            bad = [
-                o["id"] for o in found
-                if _totals([(p["product_id"], Decimal(str(p["quantity"]))) for p in o["positions"]])
-                != wanted
-            ]  # fmt: skip
-        if not found and state != "dead":
-            result.lost.append(f"{key} ({state}) has no document")
-        if len(found) > 1:
-            result.duplicated += [f"{key} also as {extra}" for extra in ids[1:]]
-        if state == "delivered" and found and row["external_id"] not in ids:
-            result.mismatched.append(f"{key}: outbox says {row['external_id']}, found {ids}")
+        elif not ids:
+            result.lost.append(f"{key} is delivered as {row['external_id']}, which does not exist")
+        elif row["external_id"] not in ids:
+            result.mismatched.append(f"{key}: the outbox says {row['external_id']}, found {ids}")
+        result.duplicated += [f"{key} also as {extra}" for extra in ids[1:]]
         result.mismatched += [f"{key}: document {ref} differs from the row" for ref in bad]
     result.duplicated += [
-        f"1C order {o['Ref_Key']} ({o['comment']}) matches no outbox row"
+        f"1C order {o['Ref_Key']} ({o['comment']!r}) matches no outbox row"
         for o in onec_orders
-        if o["Ref_Key"] not in onec_used
+        if o["Ref_Key"] not in used
     ]
     result.duplicated += [
         f"МойСклад order {o['id']} ({o['externalCode']}) matches no outbox row"
         for o in ms_orders
-        if o["id"] not in ms_used
+        if o["id"] not in used
     ]
-    return result, planned_runs
+    return result
 
 
 # -- the soak -----------------------------------------------------------------------------------
 
 
-async def _one_life(daemon: Daemon, options: SoakOptions, rng: random.Random) -> tuple[bool, bool]:
-    """Start, trigger, wait, SIGKILL. Returns (killed, trigger failed)."""
+async def _one_life(
+    daemon: Daemon, db_path: Path, options: SoakOptions, rng: random.Random, result: SoakResult
+) -> bool:
+    """Start, trigger, wait, SIGKILL; False if hubd exited on its own instead."""
     await daemon.start()
     if rng.random() < options.startup_kill_share:
         await asyncio.sleep(rng.uniform(0.0, 0.6))
-        await daemon.kill()
-        return True, False
-    if not await daemon.wait_ready():
-        return False, False
-    triggered = await daemon.trigger()
-    wait = rng.uniform(0.0, options.max_wait_s)
-    if rng.random() < options.long_wait_share:
-        wait = rng.uniform(options.max_wait_s, 3 * options.max_wait_s)
-    await asyncio.sleep(wait)
+    else:
+        if not await daemon.wait_ready():
+            return False
+        result.trigger_failures += not await daemon.trigger()
+        wait = rng.uniform(0.0, options.max_wait_s)
+        if rng.random() < options.long_wait_share:
+            wait = rng.uniform(options.max_wait_s, 3 * options.max_wait_s)
+        await asyncio.sleep(wait)
     if daemon.exited() is not None:
-        return False, not triggered
+        return False
     await daemon.kill()
-    return True, not triggered
+    result.kills += 1
+    if await asyncio.to_thread(leased_by, db_path, daemon.worker_id):
+        result.kills_mid_delivery += 1
+    return True
 
 
 async def _drain(daemon: Daemon, db_path: Path, limit_s: float) -> None:
@@ -433,19 +450,23 @@ async def _drain(daemon: Daemon, db_path: Path, limit_s: float) -> None:
     await daemon.stop()
 
 
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 async def run_soak(options: SoakOptions, workdir: Path, say: Say) -> SoakResult:
-    """The whole soak in ``workdir``, an existing empty directory."""
+    """The whole soak in ``workdir``, an existing empty directory (kept for the post-mortem)."""
     started = time.monotonic()
     rng = random.Random(options.seed)
     dataset = build_demo_dataset(n_items=options.items, seed=options.seed)
     password, token = secrets.token_hex(12), secrets.token_hex(16)
     onec = OneCSandbox(dataset, username="hub", password=password)
-    onec.seed = options.seed
-    onec.hang_s = 1.0
+    onec.seed, onec.hang_s = options.seed, 1.0
     moysklad = MoySkladSandbox(dataset.moysklad_products, token=token, weight=1, seed=options.seed)
     closer = Closer(onec, moysklad)
-    db_path = workdir / "state" / "hub.sqlite3"
-    kills = exits = trigger_failures = 0
+    db_path, log_path = workdir / "state" / "hub.sqlite3", workdir / "hubd.log"
+    result = SoakResult(target_kills=options.kills)
     async with AsyncExitStack() as stack:
         onec_url = await stack.enter_async_context(run_onec_sandbox(onec))
         moysklad_url = await stack.enter_async_context(run_moysklad_sandbox(moysklad))
@@ -453,45 +474,38 @@ async def run_soak(options: SoakOptions, workdir: Path, say: Say) -> SoakResult:
             workdir / "config.toml",
             config_text(workdir / "state", onec_url, moysklad_url, options.lease_s),
         )
-        log = stack.enter_context(_append(workdir / "hubd.log"))
+        log = stack.enter_context(log_path.open("ab"))
         env = {"HUB_ONEC_PASSWORD": password, "HUB_MOYSKLAD_TOKEN": token, "PYTHONUNBUFFERED": "1"}
         daemon = Daemon(workdir, config, env, log)
         stack.callback(daemon.close)
         stack.push_async_callback(daemon.kill)
-        lives = 0
-        while kills < options.kills and lives < options.kills * 2:
-            lives += 1
+        for _ in range(options.kills * 2):
+            if result.kills >= options.kills:
+                break
+            before = result.kills
             set_faults(onec, moysklad, options, rng)
-            killed, failed = await _one_life(daemon, options, rng)
-            kills += killed
-            trigger_failures += failed
-            if not killed:
-                exits += 1
-                say(f"hubd exited on its own with status {daemon.exited()}; see {workdir}/hubd.log")
+            if not await _one_life(daemon, db_path, options, rng, result):
+                result.unexpected_exits += 1
+                say(f"hubd exited on its own with status {daemon.exited()}; see {log_path}")
                 await daemon.kill()
             closer.close_all()
-            if killed and kills % options.progress_every == 0:
+            if result.kills != before and result.kills % options.progress_every == 0:
                 say(
-                    f"kills {kills}/{options.kills}: 1C orders {len(onec.transfer_orders())}, "
-                    f"МойСклад orders {len(moysklad.orders())}, {time.monotonic() - started:.0f} s"
+                    f"kills {result.kills}/{options.kills}: 1C orders {len(onec.transfer_orders())}"
+                    f", МойСклад orders {len(moysklad.orders())}, "
+                    f"{time.monotonic() - started:.0f} s"
                 )
         set_faults(onec, moysklad, None, rng)
         say("final drain without faults")
-        await _drain(daemon, db_path, options.drain_timeout_s)
-        found, planned_runs = await asyncio.to_thread(audit, db_path, onec, moysklad)
-    return SoakResult(
-        kills=kills,
-        runs_planned=planned_runs,
-        audit=found,
-        unexpected_exits=exits,
-        trigger_failures=trigger_failures,
-        wall_s=time.monotonic() - started,
-        target_kills=options.kills,
-    )
+        await _drain(daemon, db_path, options.drain_limit_s)
+        result.audit = await asyncio.to_thread(audit, db_path, onec, moysklad)
+    result.coverage = await asyncio.to_thread(coverage, onec, moysklad, log_path)
+    result.wall_s = time.monotonic() - started
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description="SIGKILL hubd at random moments; audit after.")
     parser.add_argument("--kills", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--items", type=int, default=60, help="demo data set size")
@@ -506,8 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"work directory kept: {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    for line in result.report():
-        print(line)
+    print("\n".join(result.report()))
     return 0 if result.ok else 1
 
 
