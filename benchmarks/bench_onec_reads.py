@@ -112,7 +112,7 @@ async def _run(base: str, settings_extra: dict[str, Any]) -> tuple[float, int, d
             return await asyncio.gather(
                 onec.read_norms(keys),
                 onec.read_free_stock(keys),
-                onec.read_incoming_transfers(keys[0]),
+                onec.read_open_transfers(keys[:1]),
             )
 
         # Items need no warehouse keys, so they start at once; the rest after the lookup.

@@ -112,6 +112,7 @@ class TargetSection(_Section):
 class ReplenishmentSection(_Section):
     targets: list[TargetSection] = Field(min_length=1)
     desired_arrival_days: int = Field(default=2, ge=0, le=60)
+    subtract_open_transfers_at_donors: bool = True
     max_positions_per_order: int = Field(default=1000, ge=1, le=1000)
 
 

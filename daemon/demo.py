@@ -108,7 +108,8 @@ async def _follow(api: control_pb2_grpc.HubControlAsyncStub, run_id: str, say: D
             counts = ", ".join(f"{k} {v}" for k, v in sorted(event.counts.items()))
             say(f"  ▸ {event.phase}" + (f" ({counts})" if counts else ""))
         elif event.kind == "finished":
-            say(f"  ■ run {event.run.status}" + (f": {event.run.reason}" if event.run.reason else ""))
+            reason = f": {event.run.reason}" if event.run.reason else ""
+            say(f"  ■ run {event.run.status}{reason}")
         elif event.kind == "document":
             say(f"  · {event.message}")
 

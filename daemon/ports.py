@@ -32,6 +32,16 @@ class CheckResult:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class OpenTransferLine:
+    """Outstanding quantity of one item on the hub's open transfer orders sender → receiver."""
+
+    sender_key: str
+    receiver_key: str
+    item_key: str
+    outstanding: Decimal
+
+
 class OneCPort(Protocol):
     """What the hub needs from 1C:UT 11 (standard OData)."""
 
@@ -58,9 +68,10 @@ class OneCPort(Protocol):
         """Free stock ВНаличии − КОтгрузке per (item key, warehouse key); absent means 0."""
         ...
 
-    async def read_incoming_transfers(self, receiver_key: str) -> dict[str, Decimal]:
-        """Outstanding quantity per item key on the hub's own open transfer orders to
-        ``receiver_key``."""
+    async def read_open_transfers(self, receiver_keys: Sequence[str]) -> list[OpenTransferLine]:
+        """What the hub's own open transfer orders to ``receiver_keys`` still owe, per
+        (sender, receiver, item): incoming stock for the receiver, and stock still promised
+        away at the sender."""
         ...
 
     async def deliver_transfer_order(

@@ -28,7 +28,7 @@ from daemon.model import (
 )
 from daemon.plan import ReplenishmentPlan
 from daemon.planner import PlanningInputs, TargetInputs, plan_replenishment
-from daemon.ports import MoySkladPort, OneCPort
+from daemon.ports import MoySkladPort, OneCPort, OpenTransferLine
 from daemon.store.runs import PlanItemRecord
 
 #: Marker every hub document carries (1C Комментарий, МойСклад description); the connectors
@@ -54,19 +54,22 @@ def _add(into: dict[str, Decimal], more: Mapping[str, Decimal]) -> None:
         into[key] = into.get(key, Decimal(0)) + qty
 
 
-def pending_incoming(documents: Iterable[Document]) -> dict[str, dict[str, Decimal]]:
-    """Incoming per target warehouse key, per item key, from documents not yet delivered.
+def undelivered_transfer_lines(documents: Iterable[Document]) -> list[OpenTransferLine]:
+    """Transfer orders still in the outbox: not in 1C yet, but already promised."""
+    return [
+        OpenTransferLine(doc.sender_key, doc.receiver_key, line.item_key, line.quantity)
+        for doc in documents
+        if isinstance(doc, TransferOrderDocument)
+        for line in doc.lines
+    ]
 
-    Those are not visible in 1C or МойСклад yet, but a second run must not order them again.
-    """
-    incoming: dict[str, dict[str, Decimal]] = {}
+
+def undelivered_orders(documents: Iterable[Document], target_key: str) -> dict[str, Decimal]:
+    """Item key → quantity on МойСклад orders for the target still in the outbox."""
+    incoming: dict[str, Decimal] = {}
     for doc in documents:
-        if isinstance(doc, TransferOrderDocument):
-            per_item = incoming.setdefault(doc.receiver_key, {})
-            _add(per_item, {line.item_key: line.quantity for line in doc.lines})
-        else:
-            per_item = incoming.setdefault(doc.target_key, {})
-            _add(per_item, {line.item_key: line.quantity for line in doc.lines})
+        if isinstance(doc, CustomerOrderDocument) and doc.target_key == target_key:
+            _add(incoming, {line.item_key: line.quantity for line in doc.lines})
     return incoming
 
 
@@ -100,20 +103,28 @@ async def gather_inputs(
         items_task = group.create_task(items_and_products())
         norms_task = group.create_task(onec.read_norms(keys))
         stock_task = group.create_task(onec.read_free_stock(keys))
-        transfers_tasks = [
-            group.create_task(onec.read_incoming_transfers(t.key)) for t in target_whs
-        ]
+        transfers_task = group.create_task(onec.read_open_transfers([t.key for t in target_whs]))
         orders_tasks = [
             group.create_task(moysklad.read_incoming_orders(order_code_prefix(t)))
             for t in target_whs
         ]
     items, products = items_task.result()
     item_by_product = {product.id: item_key for item_key, product in products.items()}
-    waiting = pending_incoming(undelivered)
+    # incoming at a target and stock promised away at a donor: the hub's open transfer orders
+    # in 1C and those still waiting in the outbox
+    open_lines = [*transfers_task.result(), *undelivered_transfer_lines(undelivered)]
+    free_stock = dict(stock_task.result())
+    if config.replenishment.subtract_open_transfers_at_donors:
+        for line in open_lines:
+            key = (line.item_key, line.sender_key)
+            free_stock[key] = free_stock.get(key, Decimal(0)) - line.outstanding
 
     target_inputs = []
     for index, target_wh in enumerate(target_whs):
-        incoming: dict[str, Decimal] = dict(transfers_tasks[index].result())
+        incoming: dict[str, Decimal] = {}
+        for line in open_lines:
+            if line.receiver_key == target_wh.key:
+                _add(incoming, {line.item_key: line.outstanding})
         _add(
             incoming,
             {
@@ -122,7 +133,7 @@ async def gather_inputs(
                 if pid in item_by_product
             },
         )
-        _add(incoming, waiting.get(target_wh.key, {}))
+        _add(incoming, undelivered_orders(undelivered, target_wh.key))
         donors = tuple(warehouses[name] for name in targets[index].donors)
         target_inputs.append(TargetInputs(target=target_wh, donors=donors, incoming=incoming))
     norms = norms_task.result()
@@ -134,7 +145,7 @@ async def gather_inputs(
         targets=tuple(target_inputs),
         items={item.key: item for item in items},
         norms=norms,
-        free_stock=stock_task.result(),
+        free_stock=free_stock,
         products=products,
         match_key=config.moysklad.match_key,
         max_positions_per_order=config.replenishment.max_positions_per_order,
@@ -214,8 +225,7 @@ def build_documents(
                     run_id=run_id,
                     external_code=f"{order_code_prefix(order.target)}{run_id}-{order.part}",
                     description=(
-                        f"{MARKER}: пополнение склада «{order.target.name}», "
-                        f"запуск {run_id}{part}"
+                        f"{MARKER}: пополнение склада «{order.target.name}», запуск {run_id}{part}"
                     ),
                     target_name=order.target.name,
                     target_key=order.target.key,
@@ -246,9 +256,7 @@ def describe_document(doc: Document) -> str:
         )
         lines = [f"{line.item_key}: {line.quantity}" for line in doc.lines]
     else:
-        head = (
-            f"МойСклад order {doc.external_code} for {doc.target_name}, syncId {doc.sync_id}"
-        )
+        head = f"МойСклад order {doc.external_code} for {doc.target_name}, syncId {doc.sync_id}"
         lines = [f"product {line.product_id}: {line.quantity}" for line in doc.lines]
     more = f"; … {len(lines) - 5} more" if len(lines) > 5 else ""
     return f"{head}; {len(lines)} lines: " + "; ".join(lines[:5]) + more

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import copy
+import gc
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,8 +24,8 @@ import structlog
 from daemon.config import HubConfig
 from daemon.errors import DrainingError, HubError, NotFoundError, RunFailedError
 from daemon.model import CustomerOrderDocument, Document, TransferOrderDocument
-from daemon.ports import MoySkladPort, OneCPort
 from daemon.plan import ReplenishmentPlan
+from daemon.ports import MoySkladPort, OneCPort
 from daemon.replenishment import (
     GatheredInputs,
     build_documents,
@@ -131,7 +131,12 @@ class RunManager:
     # ---- triggering ---------------------------------------------------------------------
 
     async def trigger(
-        self, job: str, *, trigger: str = "manual", dry_run: bool = False, fire_id: int | None = None
+        self,
+        job: str,
+        *,
+        trigger: str = "manual",
+        dry_run: bool = False,
+        fire_id: int | None = None,
     ) -> Launch:
         if self.draining:
             raise DrainingError("hubd is shutting down and starts no new runs")

@@ -239,6 +239,14 @@ async def test_tampered_order_fails_verification(dataset: DemoDataset) -> None:
     assert "70" in str(caught.value)
 
 
+async def _incoming(onec: OneCConnector, receiver_key: str) -> dict[str, Decimal]:
+    totals: dict[str, Decimal] = {}
+    for line in await onec.read_open_transfers([receiver_key]):
+        assert line.receiver_key == receiver_key
+        totals[line.item_key] = totals.get(line.item_key, Decimal(0)) + line.outstanding
+    return totals
+
+
 async def test_incoming_transfers_count_only_open_hub_orders(dataset: DemoDataset) -> None:
     """Outstanding КОформлению per item over the hub's posted, open orders to the receiver."""
     box = OneCSandbox(dataset)
@@ -258,18 +266,24 @@ async def test_incoming_transfers_count_only_open_hub_orders(dataset: DemoDatase
         )
         box.orders.post(foreign["Ref_Key"], operational=False)
         target_key = dataset.warehouse_key(TARGET)
-        assert await onec.read_incoming_transfers(target_key) == {
+        assert await _incoming(onec, target_key) == {
             plain: Decimal(14),
             packaged: Decimal(24),
         }
+        by_sender = {
+            (line.sender_key, line.item_key): line.outstanding
+            for line in await onec.read_open_transfers([target_key])
+        }
+        assert by_sender[(dataset.warehouse_key(FIRST), plain)] == Decimal(7)
+        assert by_sender[(dataset.warehouse_key(SECOND), plain)] == Decimal(7)
         box.set_transfer_outstanding(second.ref_key, plain, Decimal(3))
         box.mark_transfer_received(to_target.ref_key)
-        assert await onec.read_incoming_transfers(target_key) == {
+        assert await _incoming(onec, target_key) == {
             plain: Decimal(3),
             packaged: Decimal(12),
         }
         box.orders.unpost(second.ref_key)
-        assert await onec.read_incoming_transfers(target_key) == {}
+        assert await _incoming(onec, target_key) == {}
 
 
 async def test_password_never_leaks(dataset: DemoDataset) -> None:

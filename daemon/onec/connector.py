@@ -38,7 +38,7 @@ from daemon.onec.norms import read_norms
 from daemon.onec.settings import OneCSettings
 from daemon.onec.stock import read_free_stock
 from daemon.onec.transport import SYSTEM, ODataTransport, since
-from daemon.ports import CheckResult
+from daemon.ports import CheckResult, OpenTransferLine
 
 log = structlog.get_logger(__name__)
 
@@ -127,10 +127,10 @@ class OneCConnector:
         await self.load_metadata()
         return await read_free_stock(self._transport, warehouse_keys)
 
-    async def read_incoming_transfers(self, receiver_key: str) -> dict[str, Decimal]:
+    async def read_open_transfers(self, receiver_keys: Sequence[str]) -> list[OpenTransferLine]:
         await self.load_metadata()
-        return await transfers.read_incoming_transfers(
-            self._transport, receiver_key, max_url_bytes=self._settings.max_url_bytes
+        return await transfers.read_open_transfers(
+            self._transport, receiver_keys, max_url_bytes=self._settings.max_url_bytes
         )
 
     # -- writes ----------------------------------------------------------------------------

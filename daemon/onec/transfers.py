@@ -12,11 +12,11 @@ Delivery (reference §3.5–3.7, §4 pitfalls 8–11):
    with what was sent (1C silently accepts and stores surprising things). Any transient failure
    after the order exists is reported as ``OutcomeUnknownError`` so the retry looks it up first.
 
-Outstanding quantities (``read_incoming_transfers``) come from the balance of
+Outstanding quantities (``read_open_transfers``) come from the balance of
 ``AccumulationRegister_ЗаказыНаПеремещение``, resource ``КОформлению`` — what the order still
 expects to be formalised by a transfer — over the hub's own posted, open, not deleted orders
-to that receiver (marker ``bisnesmedia-hub`` in ``Комментарий``). A closed order
-(``Статус = Закрыт``) is left out even if a balance remained.
+to the receivers (marker ``bisnesmedia-hub`` in ``Комментарий``), per sender, receiver and
+item. A closed order (``Статус = Закрыт``) is left out even if a balance remained.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from daemon.onec import odata
 from daemon.onec.metadata import ORDER, ORDER_BALANCES, ORDER_LINES, OneCSchema
 from daemon.onec.norms import decimal
 from daemon.onec.transport import SYSTEM, ODataTransport, rows_of, task_group
+from daemon.ports import OpenTransferLine
 
 log = structlog.get_logger(__name__)
 
@@ -278,12 +279,14 @@ def _differences(doc: TransferOrderDocument, row: dict[str, Any], lines: list[An
     return problems
 
 
-async def read_incoming_transfers(
-    transport: ODataTransport, receiver_key: str, *, max_url_bytes: int
-) -> dict[str, Decimal]:
-    """Item key → quantity still outstanding on the hub's open transfer orders to the receiver."""
+async def read_open_transfers(
+    transport: ODataTransport, receiver_keys: Sequence[str], *, max_url_bytes: int
+) -> list[OpenTransferLine]:
+    """What the hub's open transfer orders to the receivers still owe, per sender and item."""
+    if not receiver_keys:
+        return []
     where = odata.all_of(
-        odata.eq("СкладПолучатель_Key", odata.guid(receiver_key)),
+        odata.any_of("СкладПолучатель_Key", [odata.guid(k) for k in receiver_keys]),
         "Posted eq true",
         "DeletionMark eq false",
         f"Статус ne {odata.literal('Закрыт')}",
@@ -292,13 +295,18 @@ async def read_incoming_transfers(
     orders = await transport.get_all(
         ORDER,
         where=where,
-        select=("Ref_Key", "Комментарий"),
+        select=("Ref_Key", "Комментарий", "СкладОтправитель_Key", "СкладПолучатель_Key"),
         orderby=("Ref_Key",),
         what="open hub transfer orders",
     )
-    keys = [odata.guid(o["Ref_Key"]) for o in orders if HUB_MARKER in (o.get("Комментарий") or "")]
+    route = {
+        str(o["Ref_Key"]).lower(): (str(o["СкладОтправитель_Key"]), str(o["СкладПолучатель_Key"]))
+        for o in orders
+        if HUB_MARKER in (o.get("Комментарий") or "")
+    }
+    keys = [odata.guid(key) for key in route]
     if not keys:
-        return {}
+        return []
 
     def render(run: Sequence[str]) -> str:
         condition = " or ".join(odata.eq("ЗаказНаПеремещение_Key", key) for key in run)
@@ -313,12 +321,16 @@ async def read_incoming_transfers(
         for run in odata.batches(keys, render, max_url_bytes):
             relative = transport.checked(render(run))
             tasks.append(group.create_task(transport.get_json(relative, what="transfer balances")))
-    outstanding: dict[str, Decimal] = {}
+    outstanding: dict[tuple[str, str, str], Decimal] = {}
     for task in tasks:
         for row in rows_of(task.result(), "transfer balances"):
             amount = decimal(row.get("КОформлениюBalance"))
-            if amount > 0:
-                item = row["Номенклатура_Key"]
-                outstanding[item] = outstanding.get(item, Decimal(0)) + amount
-    log.info("onec_read", what="incoming_transfers", orders=len(keys), items=len(outstanding))
-    return outstanding
+            sender_receiver = route.get(str(row.get("ЗаказНаПеремещение_Key", "")).lower())
+            if amount > 0 and sender_receiver is not None:
+                key = (*sender_receiver, str(row["Номенклатура_Key"]))
+                outstanding[key] = outstanding.get(key, Decimal(0)) + amount
+    log.info("onec_read", what="open_transfers", orders=len(keys), lines=len(outstanding))
+    return [
+        OpenTransferLine(sender, receiver, item, qty)
+        for (sender, receiver, item), qty in sorted(outstanding.items())
+    ]
