@@ -56,6 +56,7 @@ from protos.hub.v1 import control_pb2_grpc
 REPO = Path(__file__).resolve().parent.parent
 UNDELIVERED = ("pending", "in_flight", "retry_wait", "outcome_unknown")
 Say = Callable[[str], None]
+Order = dict[str, Any]  # one document as an emulator's inspection helper shows it
 
 
 @dataclass(frozen=True)
@@ -334,7 +335,7 @@ def _marker_key(comment: str) -> str | None:
     return next((t[4:] for t in comment.split() if t.startswith("key=")), None)
 
 
-def _onec_match(payload: str, orders: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+def _onec_match(payload: str, orders: list[Order]) -> tuple[list[str], list[str]]:
     """(every 1C order this row accounts for, those that differ from it)."""
     doc = TransferOrderDocument.model_validate_json(payload)
     found = [
@@ -351,7 +352,7 @@ def _onec_match(payload: str, orders: list[dict[str, Any]]) -> tuple[list[str], 
     return [o["Ref_Key"] for o in found], bad
 
 
-def _moysklad_match(payload: str, orders: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+def _moysklad_match(payload: str, orders: list[Order]) -> tuple[list[str], list[str]]:
     """(every МойСклад order this row accounts for, those that differ from it)."""
     doc = CustomerOrderDocument.model_validate_json(payload)
     found = [
@@ -365,8 +366,12 @@ def _moysklad_match(payload: str, orders: list[dict[str, Any]]) -> tuple[list[st
     return [o["id"] for o in found], bad
 
 
-def audit(db_path: Path, onec: OneCSandbox, moysklad: MoySkladSandbox) -> Audit:
-    """Compare every run's outbox rows with the documents in both emulators."""
+def audit(db_path: Path, onec_orders: list[Order], ms_orders: list[Order]) -> Audit:
+    """Compare every run's outbox rows with the documents in both emulators.
+
+    ``onec_orders`` and ``ms_orders`` are what ``OneCSandbox.transfer_orders()`` and
+    ``MoySkladSandbox.orders()`` return.
+    """
     rows = _query(db_path, "SELECT * FROM outbox ORDER BY id")
     runs = _query(db_path, "SELECT id, counts_json FROM runs")
     result = Audit(rows=len(rows), runs=len(runs))
@@ -378,7 +383,6 @@ def audit(db_path: Path, onec: OneCSandbox, moysklad: MoySkladSandbox) -> Audit:
             result.lost.append(
                 f"run {run['id']} planned {planned}, outbox has {per_run[run['id']]}"
             )
-    onec_orders, ms_orders = onec.transfer_orders(), moysklad.orders()
     used: set[str] = set()
     for row in rows:
         key, state = str(row["idempotency_key"]), str(row["state"])
@@ -498,7 +502,9 @@ async def run_soak(options: SoakOptions, workdir: Path, say: Say) -> SoakResult:
         set_faults(onec, moysklad, None, rng)
         say("final drain without faults")
         await _drain(daemon, db_path, options.drain_limit_s)
-        result.audit = await asyncio.to_thread(audit, db_path, onec, moysklad)
+        result.audit = await asyncio.to_thread(
+            audit, db_path, onec.transfer_orders(), moysklad.orders()
+        )
     result.coverage = await asyncio.to_thread(coverage, onec, moysklad, log_path)
     result.wall_s = time.monotonic() - started
     return result
