@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import secrets
@@ -86,6 +87,7 @@ class Audit:
     duplicated: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)
+    over_ordered: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -102,7 +104,9 @@ class SoakResult:
     @property
     def ok(self) -> bool:
         a = self.audit
-        problems = a.lost or a.duplicated or a.mismatched or a.dead or self.unexpected_exits
+        problems = (
+            a.lost or a.duplicated or a.mismatched or a.dead or a.over_ordered
+        ) or self.unexpected_exits
         return self.kills >= self.target_kills and not problems
 
     def report(self) -> list[str]:
@@ -115,8 +119,13 @@ class SoakResult:
             ", ".join(f"{name} {count}" for name, count in self.coverage.items()),
             f"dead: {len(a.dead)}",
             f"mismatched: {len(a.mismatched)}",
+            f"over-ordered: {len(a.over_ordered)}",
         ]
-        for label, found in (("dead", a.dead), ("mismatched", a.mismatched)):
+        for label, found in (
+            ("dead", a.dead),
+            ("mismatched", a.mismatched),
+            ("over-ordered", a.over_ordered),
+        ):
             lines += [f"  {label}: {text}" for text in found[:10]]
         for label, found in (("lost", a.lost), ("duplicated", a.duplicated)):
             lines += [f"  {label}: {text}" for text in found[:10]]
@@ -252,22 +261,22 @@ class Closer:
 
     def __init__(self, onec: OneCSandbox, moysklad: MoySkladSandbox) -> None:
         self._onec, self._moysklad = onec, moysklad
-        self._done: set[str] = set()
+        self.closed_at: dict[str, float] = {}  # 1C Ref_Key / МойСклад id → when it was closed
 
     def close_all(self) -> None:
         for order in self._onec.transfer_orders():
             # An unposted order has no register rows yet; once the hub posts it, a later pass
             # closes it.
-            if order["Posted"] and order["Ref_Key"] not in self._done:
+            if order["Posted"] and order["Ref_Key"] not in self.closed_at:
                 for line in order["lines"]:
                     self._onec.set_transfer_outstanding(
                         order["Ref_Key"], line["item_key"], Decimal(0)
                     )
-                self._done.add(order["Ref_Key"])
+                self.closed_at[order["Ref_Key"]] = time.time()
         for ms_order in self._moysklad.orders():
-            if ms_order["id"] not in self._done:
+            if ms_order["id"] not in self.closed_at:
                 self._moysklad.mark_shipped(ms_order["id"])
-                self._done.add(ms_order["id"])
+                self.closed_at[ms_order["id"]] = time.time()
 
 
 def set_faults(
@@ -331,6 +340,15 @@ def _totals(pairs: Iterable[tuple[str, Any]]) -> dict[str, Decimal]:
     return totals
 
 
+def _item_totals(row: sqlite3.Row) -> dict[str, Decimal]:
+    doc: TransferOrderDocument | CustomerOrderDocument
+    if row["kind"] == "onec_transfer_order":
+        doc = TransferOrderDocument.model_validate_json(row["payload_json"])
+    else:
+        doc = CustomerOrderDocument.model_validate_json(row["payload_json"])
+    return _totals((line.item_key, line.quantity) for line in doc.lines)
+
+
 def _marker_key(comment: str) -> str | None:
     return next((t[4:] for t in comment.split() if t.startswith("key=")), None)
 
@@ -366,14 +384,48 @@ def _moysklad_match(payload: str, orders: list[Order]) -> tuple[list[str], list[
     return [o["id"] for o in found], bad
 
 
-def audit(db_path: Path, onec_orders: list[Order], ms_orders: list[Order]) -> Audit:
+def _over_ordered(opened: list[tuple[str, float, float, dict[str, Decimal]]]) -> list[str]:
+    """Items whose open documents, once a run had planned, exceed what the first run ordered.
+
+    ``opened`` holds (run id, run start, when the soak closed the document or inf, quantity per
+    item) per outbox row. The first run saw no open documents, so it ordered the whole deficit;
+    a later run may only add what the documents still open at its start do not cover. More
+    means one deficit was ordered twice, under different keys, which no key check can see.
+    """
+    starts = sorted({(start, run) for run, start, _, _ in opened})
+    cap: dict[str, Decimal] = {}
+    found = []
+    for start, run in starts:
+        open_now: dict[str, Decimal] = {}
+        for other, other_start, closed, totals in opened:
+            if other == run or (other_start < start < closed):
+                for item, qty in totals.items():
+                    open_now[item] = open_now.get(item, Decimal(0)) + qty
+        cap = cap or open_now
+        found += [
+            f"run {run}: {qty} of item {item} open, the whole deficit is {cap.get(item, 0)}"
+            for item, qty in sorted(open_now.items())
+            if qty > cap.get(item, Decimal(0))
+        ]
+    return found
+
+
+def audit(
+    db_path: Path,
+    onec_orders: list[Order],
+    ms_orders: list[Order],
+    closed_at: dict[str, float] | None = None,
+) -> Audit:
     """Compare every run's outbox rows with the documents in both emulators.
 
     ``onec_orders`` and ``ms_orders`` are what ``OneCSandbox.transfer_orders()`` and
-    ``MoySkladSandbox.orders()`` return.
+    ``MoySkladSandbox.orders()`` return; ``closed_at`` is ``Closer.closed_at``.
     """
+    closed_at = closed_at or {}
     rows = _query(db_path, "SELECT * FROM outbox ORDER BY id")
-    runs = _query(db_path, "SELECT id, counts_json FROM runs")
+    runs = _query(db_path, "SELECT id, started_at, counts_json FROM runs")
+    started = {str(run["id"]): float(run["started_at"]) for run in runs}
+    opened = []
     result = Audit(rows=len(rows), runs=len(runs))
     per_run = Counter(str(row["run_id"]) for row in rows)
     for run in runs:
@@ -391,6 +443,9 @@ def audit(db_path: Path, onec_orders: list[Order], ms_orders: list[Order]) -> Au
         else:
             ids, bad = _moysklad_match(row["payload_json"], ms_orders)
         used.update(ids)
+        closed = min((closed_at.get(i, math.inf) for i in ids), default=math.inf)
+        run_id = str(row["run_id"])
+        opened.append((run_id, started[run_id], closed, _item_totals(row)))
         result.delivered += state == "delivered"
         if state == "dead":
             result.dead.append(f"{key} ({len(ids)} document(s)): {row['last_error']}")
@@ -412,6 +467,7 @@ def audit(db_path: Path, onec_orders: list[Order], ms_orders: list[Order]) -> Au
         for o in ms_orders
         if o["id"] not in used
     ]
+    result.over_ordered = _over_ordered(opened)
     return result
 
 
@@ -503,7 +559,7 @@ async def run_soak(options: SoakOptions, workdir: Path, say: Say) -> SoakResult:
         say("final drain without faults")
         await _drain(daemon, db_path, options.drain_limit_s)
         result.audit = await asyncio.to_thread(
-            audit, db_path, onec.transfer_orders(), moysklad.orders()
+            audit, db_path, onec.transfer_orders(), moysklad.orders(), closer.closed_at
         )
     result.coverage = await asyncio.to_thread(coverage, onec, moysklad, log_path)
     result.wall_s = time.monotonic() - started

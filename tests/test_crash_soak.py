@@ -41,7 +41,7 @@ async def test_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert result.kills >= 20, report
     assert result.audit.lost == [], report
     assert result.audit.duplicated == [], report
-    assert result.audit.mismatched == [] and result.audit.dead == [], report
+    assert result.audit.mismatched == result.audit.dead == result.audit.over_ordered == [], report
     assert result.unexpected_exits == 0, report
     # the soak is only worth something if kills landed while documents were being delivered
     assert result.kills_mid_delivery > 0, report
@@ -49,28 +49,28 @@ async def test_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert report.splitlines()[-3:] == ["kills: 20", "lost: 0", "duplicated: 0"]
 
 
-RUN = "20261126-090000-replenishment-abcd"
+RUN, LATER = "20261126-090000-replenishment-abcd", "20261126-100000-replenishment-ef01"
 ITEM_A, ITEM_B = str(uuid.uuid4()), str(uuid.uuid4())
 DONOR, SHOP = str(uuid.uuid4()), str(uuid.uuid4())
 PRODUCT = str(uuid.uuid4())
 
 
-def _documents() -> list[Document]:
-    transfer_key = f"{RUN}:transfer:{DONOR}:{SHOP}"
-    order_key = f"{RUN}:order:{SHOP}:1"
+def _documents(run: str) -> list[Document]:
+    transfer_key = f"{run}:transfer:{DONOR}:{SHOP}"
+    order_key = f"{run}:order:{SHOP}:1"
     when = datetime(2026, 11, 26, 12, 0)
     return [
         TransferOrderDocument(
             idempotency_key=transfer_key,
             ref_key=deterministic_uuid(transfer_key),
-            run_id=RUN,
+            run_id=run,
             sender_key=DONOR,
             sender_name="Бестужевых",
             receiver_key=SHOP,
             receiver_name="Магазин Центральный",
             date=when,
             desired_arrival=when,
-            comment=f"bisnesmedia-hub key={transfer_key} run={RUN}",
+            comment=f"bisnesmedia-hub key={transfer_key} run={run}",
             lines=(
                 TransferLine(item_key=ITEM_A, quantity=Decimal(3), packages=Decimal(3)),
                 TransferLine(item_key=ITEM_B, quantity=Decimal("2.5"), packages=Decimal("2.5")),
@@ -79,8 +79,8 @@ def _documents() -> list[Document]:
         CustomerOrderDocument(
             idempotency_key=order_key,
             sync_id=deterministic_uuid(order_key),
-            run_id=RUN,
-            external_code=f"hub-{SHOP[:8]}-{RUN}-1",
+            run_id=run,
+            external_code=f"hub-{SHOP[:8]}-{run}-1",
             description="bisnesmedia-hub",
             target_name="Магазин Центральный",
             lines=(OrderLine(product_id=PRODUCT, item_key=ITEM_A, quantity=Decimal(7)),),
@@ -88,34 +88,35 @@ def _documents() -> list[Document]:
     ]
 
 
-async def _delivered_outbox(tmp_path: Path, planned: int) -> tuple[Path, list[Document]]:
-    """A real hub database: one run whose plan counts ``planned`` documents, two delivered."""
-    path = tmp_path / "hub.sqlite3"
-    docs = _documents()
+async def _delivered_outbox(path: Path, runs: dict[str, tuple[float, int]]) -> None:
+    """A real hub database: per run (started at, documents its plan counts), both documents
+    of ``_documents(run)`` enqueued and delivered."""
     db = await open_database(path)
     try:
-        record = RunRecord(RUN, "replenishment", "manual", False, "succeeded", time.time())
-        record.counts = {"documents": planned}
-        await run_store.insert_run(db, record)
-        async with db.transaction() as conn:
-            await outbox_store.enqueue(conn, RUN, docs, time.time())
-            await run_store.save_progress(conn, record)
-        for kind, external_id in (
-            ("onec_transfer_order", deterministic_uuid(docs[0].idempotency_key)),
-            ("moysklad_customer_order", "ms-1"),
-        ):
-            (entry,) = await claim_due(
-                db, kind=kind, owner="test", now=time.time(), lease_s=60, limit=5
+        for run, (started_at, planned) in runs.items():
+            record = RunRecord(run, "replenishment", "manual", False, "succeeded", started_at)
+            record.counts = {"documents": planned}
+            await run_store.insert_run(db, record)
+            async with db.transaction() as conn:
+                await outbox_store.enqueue(conn, run, _documents(run), started_at)
+                await run_store.save_progress(conn, record)
+        for kind in ("onec_transfer_order", "moysklad_customer_order"):
+            claimed = await claim_due(
+                db, kind=kind, owner="test", now=time.time(), lease_s=60, limit=10
             )
-            await record_delivered(db, entry, external_id=external_id, number="1", now=time.time())
+            for entry in claimed:
+                doc = entry.document()
+                external_id = doc.ref_key if isinstance(doc, TransferOrderDocument) else doc.run_id
+                await record_delivered(
+                    db, entry, external_id=external_id, number="1", now=time.time()
+                )
     finally:
         await db.close()
-    return path, docs
 
 
-def _emulated(docs: list[Document]) -> tuple[list[Order], list[Order]]:
-    """The two documents as the emulators' inspection helpers show them after a delivery."""
-    transfer, order = docs
+def _emulated(run: str) -> tuple[Order, Order]:
+    """The two documents of ``run`` as the emulators' inspection helpers show them."""
+    transfer, order = _documents(run)
     assert isinstance(transfer, TransferOrderDocument)
     assert isinstance(order, CustomerOrderDocument)
     onec = {
@@ -127,32 +128,51 @@ def _emulated(docs: list[Document]) -> tuple[list[Order], list[Order]]:
         "lines": [{"item_key": ln.item_key, "quantity": ln.quantity} for ln in transfer.lines],
     }
     moysklad = {
-        "id": "ms-1",
+        "id": run,
         "syncId": order.sync_id,
         "externalCode": order.external_code,
         "positions": [{"product_id": PRODUCT, "quantity": 7.0, "shipped": 7.0}],
     }
-    return [onec], [moysklad]
+    return onec, moysklad
 
 
 async def test_audit_counts_lost_duplicated_and_mismatched_documents(tmp_path: Path) -> None:
     """The audit is clean when the emulators hold exactly the planned documents, and counts a
     missing document, a second copy, a stray document, a changed quantity and a short plan."""
-    path, docs = await _delivered_outbox(tmp_path, planned=2)
-    onec, moysklad = _emulated(docs)
-    clean = audit(path, onec, moysklad)
+    path = tmp_path / "hub.sqlite3"
+    await _delivered_outbox(path, {RUN: (1000.0, 2)})
+    onec, moysklad = _emulated(RUN)
+    clean = audit(path, [onec], [moysklad])
     assert (clean.rows, clean.delivered, clean.runs_with_documents) == (2, 2, 1)
     assert clean.lost == clean.duplicated == clean.mismatched == clean.dead == []
+    assert clean.over_ordered == []
 
-    assert len(audit(path, onec, []).lost) == 1
-    copy = {**onec[0], "Ref_Key": str(uuid.uuid4())}  # same marker key, another Ref_Key
-    assert len(audit(path, [*onec, copy], moysklad).duplicated) == 1
-    stray = {**moysklad[0], "id": "ms-2", "syncId": str(uuid.uuid4()), "externalCode": "x"}
-    assert len(audit(path, onec, [*moysklad, stray]).duplicated) == 1
-    changed = {**moysklad[0], "positions": [{"product_id": PRODUCT, "quantity": 6.0}]}
-    assert len(audit(path, onec, [changed]).mismatched) == 1
-    unposted = {**onec[0], "Posted": False}
-    assert len(audit(path, [unposted], moysklad).mismatched) == 1
+    assert len(audit(path, [onec], []).lost) == 1
+    copy = {**onec, "Ref_Key": str(uuid.uuid4())}  # same marker key, another Ref_Key
+    assert len(audit(path, [onec, copy], [moysklad]).duplicated) == 1
+    stray = {**moysklad, "id": "ms-2", "syncId": str(uuid.uuid4()), "externalCode": "x"}
+    assert len(audit(path, [onec], [moysklad, stray]).duplicated) == 1
+    changed = {**moysklad, "positions": [{"product_id": PRODUCT, "quantity": 6.0}]}
+    assert len(audit(path, [onec], [changed]).mismatched) == 1
+    unposted = {**onec, "Posted": False}
+    assert len(audit(path, [unposted], [moysklad]).mismatched) == 1
 
-    short, _ = await _delivered_outbox(tmp_path / "short", planned=3)
-    assert len(audit(short, onec, moysklad).lost) == 1
+    short = tmp_path / "short.sqlite3"
+    await _delivered_outbox(short, {RUN: (1000.0, 3)})
+    assert len(audit(short, [onec], [moysklad]).lost) == 1
+
+
+async def test_audit_counts_a_deficit_ordered_again_while_still_open(tmp_path: Path) -> None:
+    """A second run ordering the same items is over-ordering unless the first run's documents
+    were closed before it started."""
+    path = tmp_path / "hub.sqlite3"
+    await _delivered_outbox(path, {RUN: (1000.0, 2), LATER: (2000.0, 2)})
+    first, second = _emulated(RUN), _emulated(LATER)
+    onec, moysklad = [first[0], second[0]], [first[1], second[1]]
+    still_open = audit(path, onec, moysklad, {})
+    assert len(still_open.over_ordered) == 2, still_open.over_ordered  # items A and B
+    assert still_open.lost == still_open.duplicated == []
+    closed_between = {first[0]["Ref_Key"]: 1500.0, first[1]["id"]: 1500.0}
+    assert audit(path, onec, moysklad, closed_between).over_ordered == []
+    closed_late = {first[0]["Ref_Key"]: 2500.0, first[1]["id"]: 1500.0}
+    assert len(audit(path, onec, moysklad, closed_late).over_ordered) == 2
