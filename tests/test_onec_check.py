@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import pytest
 from pydantic import SecretStr
 
@@ -15,6 +11,7 @@ from daemon.onec.settings import OneCSettings
 from daemon.ports import CheckResult
 from daemon.sandbox.dataset import DemoDataset, build_demo_dataset
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
+from tests.onec_support import connected
 
 NAMES = ["Магазин Центральный", "Бестужевых", "Контейнер"]
 STEPS = [
@@ -30,17 +27,6 @@ STEPS = [
 @pytest.fixture
 def dataset() -> DemoDataset:
     return build_demo_dataset(32, seed=1)
-
-
-@asynccontextmanager
-async def connected(
-    box: OneCSandbox, password: str = "sandbox", **overrides: Any
-) -> AsyncIterator[OneCConnector]:
-    async with run_onec_sandbox(box) as base:
-        options: dict[str, Any] = {"retry_base_s": 0.01, "retry_cap_s": 0.02, **overrides}
-        settings = OneCSettings(base_url=base, username="hub", **options)  # type: ignore[arg-type]
-        async with OneCConnector(settings, SecretStr(password)) as onec:
-            yield onec
 
 
 def by_name(results: list[CheckResult]) -> dict[str, CheckResult]:

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from decimal import Decimal
 from decimal import Decimal as D
-from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from daemon.errors import PermanentError, TransientError
 from daemon.model import EMPTY_GUID
 from daemon.onec.connector import OneCConnector
-from daemon.onec.settings import OneCSettings
 from daemon.sandbox.dataset import DemoDataset, WarehouseRecord, build_demo_dataset
-from daemon.sandbox.onec_emulator import PREFIX, OneCSandbox, run_onec_sandbox
+from daemon.sandbox.onec_emulator import PREFIX, OneCSandbox
+from tests.onec_support import connected
 
 NAMES = ["Магазин Центральный", "Бестужевых", "Контейнер"]
 
@@ -26,17 +22,6 @@ NAMES = ["Магазин Центральный", "Бестужевых", "Ко�
 @pytest.fixture
 def dataset() -> DemoDataset:
     return build_demo_dataset(120, seed=5)
-
-
-@asynccontextmanager
-async def connected(
-    box: OneCSandbox, password: str = "sandbox", **overrides: Any
-) -> AsyncIterator[OneCConnector]:
-    async with run_onec_sandbox(box) as base:
-        options: dict[str, Any] = {"retry_base_s": 0.01, "retry_cap_s": 0.02, **overrides}
-        settings = OneCSettings(base_url=base, username="hub", **options)  # type: ignore[arg-type]
-        async with OneCConnector(settings, SecretStr(password)) as onec:
-            yield onec
 
 
 async def keys_of(onec: OneCConnector, names: list[str] = NAMES) -> list[str]:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import pytest
 import structlog
-from pydantic import SecretStr
 
 from daemon.errors import OutcomeUnknownError, PermanentError
 from daemon.model import (
@@ -20,9 +16,9 @@ from daemon.model import (
     deterministic_uuid,
 )
 from daemon.onec.connector import OneCConnector
-from daemon.onec.settings import OneCSettings
 from daemon.sandbox.dataset import DemoDataset, build_demo_dataset
-from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
+from daemon.sandbox.onec_emulator import OneCSandbox
+from tests.onec_support import connected
 
 TARGET, FIRST, SECOND = "Магазин Центральный", "Бестужевых", "Контейнер"
 
@@ -30,17 +26,6 @@ TARGET, FIRST, SECOND = "Магазин Центральный", "Бестуже
 @pytest.fixture
 def dataset() -> DemoDataset:
     return build_demo_dataset(48, seed=9)
-
-
-@asynccontextmanager
-async def connected(
-    box: OneCSandbox, password: str = "sandbox", **overrides: Any
-) -> AsyncIterator[OneCConnector]:
-    async with run_onec_sandbox(box) as base:
-        options: dict[str, Any] = {"retry_base_s": 0.01, "retry_cap_s": 0.02, **overrides}
-        settings = OneCSettings(base_url=base, username="hub", **options)  # type: ignore[arg-type]
-        async with OneCConnector(settings, SecretStr(password)) as onec:
-            yield onec
 
 
 def order(

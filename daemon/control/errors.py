@@ -12,8 +12,8 @@ import structlog
 from daemon.errors import (
     BadArgumentError,
     ConfigError,
-    DrainingError,
     ConnectorError,
+    DrainingError,
     HubError,
     InvalidStateError,
     NotFoundError,
@@ -49,6 +49,15 @@ Resp = TypeVar("Resp")
 Self = TypeVar("Self")
 
 
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], rpc: str, exc: Exception) -> None:
+    """End the call with the mapped status; unexpected errors are logged with their traceback
+    here and reach the client only as one sentence."""
+    if not isinstance(exc, HubError):
+        _log.error("rpc_failed", rpc=rpc, exc_info=exc)
+    code, text = status_for(exc)
+    await context.abort(code, text)
+
+
 def unary(
     method: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
 ) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
@@ -58,13 +67,8 @@ def unary(
     ) -> Resp:
         try:
             return await method(self, request, context)
-        except HubError as exc:
-            code, text = status_for(exc)
-            await context.abort(code, text)
-        except Exception:
-            _log.exception("rpc_failed", rpc=method.__name__)
-            code, text = status_for(Exception())
-            await context.abort(code, text)
+        except Exception as exc:
+            await _abort(context, method.__name__, exc)
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
@@ -80,12 +84,7 @@ def streaming(
         try:
             async for item in method(self, request, context):
                 yield item
-        except HubError as exc:
-            code, text = status_for(exc)
-            await context.abort(code, text)
-        except Exception:
-            _log.exception("rpc_failed", rpc=method.__name__)
-            code, text = status_for(Exception())
-            await context.abort(code, text)
+        except Exception as exc:
+            await _abort(context, method.__name__, exc)
 
     return wrapper
