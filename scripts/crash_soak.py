@@ -13,11 +13,13 @@ outbox row (idempotency key, kind, lines) is compared with the documents in both
   or a run whose stored plan counts more documents than it has outbox rows;
 - duplicated: a second document for one key (1C: same ``Ref_Key`` or marker key; МойСклад: same
   ``syncId`` or ``externalCode``), or a document no outbox row accounts for;
-- mismatched: a document whose lines, quantities, warehouses or posting differ from its row.
+- mismatched: a document whose lines, quantities, warehouses or posting differ from its row;
+- over-ordered: an item whose documents still open when a run planned add up to more than the
+  whole deficit (one deficit ordered twice under different keys, which no key check sees).
 
 Dead rows are counted separately. The last three lines printed are ``kills: N``, ``lost: N``,
-``duplicated: N``; the exit status is 1 when anything is lost, duplicated, mismatched or dead,
-when hubd exited on its own, or when fewer kills than asked were made.
+``duplicated: N``; the exit status is 1 when anything is lost, duplicated, mismatched,
+over-ordered or dead, when hubd exited on its own, or when fewer kills than asked were made.
 
     .venv/bin/python scripts/crash_soak.py [--kills 500] [--seed 1] [--items 60] [--keep]
 """
