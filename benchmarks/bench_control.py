@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import io
 import json
@@ -32,7 +31,6 @@ import math
 import os
 import pstats
 import resource
-import secrets
 import statistics
 import sys
 import tempfile
@@ -51,13 +49,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from daemon.app import Hub  # noqa: E402
 from daemon.config import load_config  # noqa: E402
-from daemon.demo import MS_AGENT, MS_ORGANIZATION, MS_STORE, demo_config_text  # noqa: E402
-from daemon.sandbox.dataset import build_demo_dataset  # noqa: E402
-from daemon.sandbox.moysklad_emulator import (  # noqa: E402
-    MoySkladSandbox,
-    run_moysklad_sandbox,
+from daemon.demo import (  # noqa: E402
+    demo_config_text,
+    demo_sandboxes,
+    wait_ready,
 )
-from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox  # noqa: E402
 from protos.hub.v1 import control_pb2 as pb  # noqa: E402
 from protos.hub.v1 import control_pb2_grpc  # noqa: E402
 
@@ -138,18 +134,6 @@ def status_client(socket_path: str, calls: int, warmup: int) -> int:
 
 
 # ---- the daemon side ----------------------------------------------------------------------------
-
-
-async def wait_ready(api: control_pb2_grpc.HubControlAsyncStub, serve: asyncio.Task[int]) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            if serve.done():
-                serve.result()
-                raise RuntimeError("hubd stopped before it was ready")
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await api.GetStatus(pb.GetStatusRequest(), timeout=2)
-                return
-            await asyncio.sleep(0.05)
 
 
 async def one_delivered_run(api: control_pb2_grpc.HubControlAsyncStub) -> str:
@@ -322,22 +306,9 @@ async def measure_fanout(
 
 
 async def bench(args: argparse.Namespace, work: Path) -> bool:
-    dataset = build_demo_dataset(n_items=300, seed=42)
-    onec_password = secrets.token_urlsafe(12)
-    moysklad_token = secrets.token_hex(20)
-    onec = OneCSandbox(dataset, username="hub", password=onec_password)
-    moysklad = MoySkladSandbox(
-        dataset.moysklad_products,
-        organization=MS_ORGANIZATION,
-        agent=MS_AGENT,
-        store=MS_STORE,
-        token=moysklad_token,
-    )
+    world = demo_sandboxes()
     print(f"python {sys.version.split()[0]} on {os.cpu_count()} CPUs; work dir {work}")
-    async with (
-        run_onec_sandbox(onec) as onec_url,
-        run_moysklad_sandbox(moysklad) as moysklad_url,
-    ):
+    async with world.running() as (onec_url, moysklad_url):
         config_path = work / "config.toml"
         config_path.write_text(
             demo_config_text(work / "state", onec_url, moysklad_url), encoding="utf-8"
@@ -346,7 +317,7 @@ async def bench(args: argparse.Namespace, work: Path) -> bool:
             hub = Hub(
                 config_path,
                 load_config(config_path),
-                environ={"HUB_ONEC_PASSWORD": onec_password, "HUB_MOYSKLAD_TOKEN": moysklad_token},
+                environ=world.environ,
                 log_stream=log_file,
             )
             serve = asyncio.create_task(hub.serve(), name="hubd")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import signal
 import socket
 import statistics
@@ -37,22 +36,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from daemon.sandbox.dataset import DONOR_NAMES, TARGET_NAME, build_demo_dataset  # noqa: E402
-from daemon.sandbox.moysklad_emulator import (  # noqa: E402
-    MoySkladSandbox,
-    run_moysklad_sandbox,
-)
-from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox  # noqa: E402
+from daemon.demo import MS_AGENT, MS_ORGANIZATION, MS_STORE, demo_sandboxes  # noqa: E402
+from daemon.sandbox.dataset import DONOR_NAMES, TARGET_NAME  # noqa: E402
 
 RSS_TARGET_MIB = 100.0
 CPU_TARGET_PCT = 1.0
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 IMPORT_FLOOR = "import grpc, aiohttp, aiosqlite, structlog, pydantic"
-
-MS_ORGANIZATION = "ООО «Бизнесмедиа»"
-MS_AGENT = "ООО «Поставщик»"
-MS_STORE = "Основной склад"
 
 
 def config_text(state_dir: Path, socket_path: Path, onec_url: str, moysklad_url: str) -> str:
@@ -217,31 +208,17 @@ def log_tail(path: Path, lines: int = 20) -> str:
 
 
 async def bench(starts: int, idle_seconds: float, work: Path) -> bool:
-    dataset = build_demo_dataset(n_items=300, seed=42)
-    onec_password = secrets.token_urlsafe(12)
-    moysklad_token = secrets.token_hex(20)
-    onec = OneCSandbox(dataset, username="hub", password=onec_password)
-    moysklad = MoySkladSandbox(
-        dataset.moysklad_products,
-        organization=MS_ORGANIZATION,
-        agent=MS_AGENT,
-        store=MS_STORE,
-        token=moysklad_token,
-    )
+    world = demo_sandboxes()
     notify = NotifySocket(work / "notify.sock")
     log_path = work / "hubd.log"
     floor_env = child_env()
     env = child_env(
         NOTIFY_SOCKET=str(notify.path),
-        HUB_ONEC_PASSWORD=onec_password,
-        HUB_MOYSKLAD_TOKEN=moysklad_token,
+        **world.environ,
     )
     proc: asyncio.subprocess.Process | None = None
     try:
-        async with (
-            run_onec_sandbox(onec) as onec_url,
-            run_moysklad_sandbox(moysklad) as moysklad_url,
-        ):
+        async with world.running() as (onec_url, moysklad_url):
             config = work / "config.toml"
             config.write_text(
                 config_text(work / "state", work / "hubd.sock", onec_url, moysklad_url),

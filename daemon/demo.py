@@ -14,6 +14,8 @@ import secrets
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,7 +24,7 @@ import grpc
 
 from daemon.app import Hub
 from daemon.config import load_config
-from daemon.sandbox.dataset import DONOR_NAMES, TARGET_NAME, build_demo_dataset
+from daemon.sandbox.dataset import DONOR_NAMES, TARGET_NAME, DemoDataset, build_demo_dataset
 from daemon.sandbox.moysklad_emulator import MoySkladSandbox, run_moysklad_sandbox
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
 from protos.hub.v1 import control_pb2 as pb
@@ -90,7 +92,53 @@ class DemoPrinter:
         print(text, file=self.stream, flush=True)
 
 
-async def _wait_ready(api: control_pb2_grpc.HubControlAsyncStub, serve: asyncio.Task[int]) -> None:
+@dataclass
+class DemoSandboxes:
+    """Both emulators with the demo data set and fresh random credentials."""
+
+    dataset: DemoDataset
+    onec: OneCSandbox
+    moysklad: MoySkladSandbox
+    onec_password: str
+    moysklad_token: str
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """The secrets as hubd reads them from its environment."""
+        return {"HUB_ONEC_PASSWORD": self.onec_password, "HUB_MOYSKLAD_TOKEN": self.moysklad_token}
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[tuple[str, str]]:
+        """Serve both on loopback ports; yields (1C base URL, МойСклад base URL)."""
+        async with (
+            run_onec_sandbox(self.onec) as onec_url,
+            run_moysklad_sandbox(self.moysklad) as moysklad_url,
+        ):
+            yield onec_url, moysklad_url
+
+
+def demo_sandboxes(items: int = 300, seed: int = 42) -> DemoSandboxes:
+    dataset = build_demo_dataset(n_items=items, seed=seed)
+    # fresh random credentials: nothing secret is ever written to the state directory
+    onec_password = secrets.token_urlsafe(12)
+    moysklad_token = secrets.token_hex(20)
+    return DemoSandboxes(
+        dataset,
+        OneCSandbox(dataset, username="hub", password=onec_password),
+        MoySkladSandbox(
+            dataset.moysklad_products,
+            organization=MS_ORGANIZATION,
+            agent=MS_AGENT,
+            store=MS_STORE,
+            token=moysklad_token,
+        ),
+        onec_password,
+        moysklad_token,
+    )
+
+
+async def wait_ready(api: control_pb2_grpc.HubControlAsyncStub, serve: asyncio.Task[int]) -> None:
+    """Until hubd (running as the task ``serve``) answers GetStatus."""
     async with asyncio.timeout(60):
         while True:
             if serve.done():
@@ -179,24 +227,10 @@ def summarize(detail: pb.RunDetail, say: DemoPrinter) -> dict[str, Any]:
 
 async def _demo(once: bool, items: int, state_dir: Path | None, out: TextIO) -> int:
     say = DemoPrinter(out)
-    dataset = build_demo_dataset(n_items=items, seed=42)
-    # fresh random credentials per demo: nothing secret is ever written to the state directory
-    onec_password = secrets.token_urlsafe(12)
-    moysklad_token = secrets.token_hex(20)
-    onec = OneCSandbox(dataset, username="hub", password=onec_password)
-    moysklad = MoySkladSandbox(
-        dataset.moysklad_products,
-        organization=MS_ORGANIZATION,
-        agent=MS_AGENT,
-        store=MS_STORE,
-        token=moysklad_token,
-    )
+    world = demo_sandboxes(items)
     state = state_dir or Path(tempfile.mkdtemp(prefix="hubd-demo-"))
     state.mkdir(parents=True, exist_ok=True)
-    async with (
-        run_onec_sandbox(onec) as onec_url,
-        run_moysklad_sandbox(moysklad) as moysklad_url,
-    ):
+    async with world.running() as (onec_url, moysklad_url):
         config_path = state / "config.toml"
         config_path.write_text(demo_config_text(state, onec_url, moysklad_url), encoding="utf-8")
         log_path = state / "hubd.log"
@@ -204,7 +238,7 @@ async def _demo(once: bool, items: int, state_dir: Path | None, out: TextIO) -> 
             hub = Hub(
                 config_path,
                 load_config(config_path),
-                environ={"HUB_ONEC_PASSWORD": onec_password, "HUB_MOYSKLAD_TOKEN": moysklad_token},
+                environ=world.environ,
                 log_stream=log_file,
             )
             say(f"Sandbox 1C:УТ 11 OData: {onec_url}")
@@ -215,10 +249,8 @@ async def _demo(once: bool, items: int, state_dir: Path | None, out: TextIO) -> 
             async with grpc.aio.insecure_channel(
                 f"unix:{socket_path}", options=[("grpc.max_receive_message_length", 1 << 29)]
             ) as channel:
-                api: control_pb2_grpc.HubControlAsyncStub = control_pb2_grpc.HubControlStub(
-                    channel
-                )
-                await _wait_ready(api, serve)
+                api: control_pb2_grpc.HubControlAsyncStub = control_pb2_grpc.HubControlStub(channel)
+                await wait_ready(api, serve)
                 say("hubd is up. Triggering a replenishment run and following it:")
                 reply = await api.TriggerRun(pb.TriggerRunRequest(job="replenishment"))
                 await _follow(api, reply.run.id, say)
