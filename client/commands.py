@@ -42,8 +42,13 @@ def status(channel: grpc.Channel, args: argparse.Namespace, out: Output) -> int:
         ],
     )
     for connector in reply.connectors:
-        details = ", ".join(f"{k}={v}" for k, v in sorted(connector.details.items()))
-        out.line(f"{connector.system}: {details}")
+        details = dict(connector.details)
+        circuit = details.pop("circuit", "")
+        if circuit:
+            colour = "green" if circuit == "closed" else "red"
+            out.line(f"{connector.system} circuit breaker: {out.paint(circuit, colour)}")
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(details.items()) if v)
+        out.line(f"  {shown}")
     return EXIT_OK
 
 

@@ -55,7 +55,7 @@ class Output:
         for row in rows:
             for i, cell in enumerate(row):
                 widths[i] = max(widths[i], display_width(strip_ansi(cell)))
-        self.line(self.paint(_join(headers, widths), "bold"))
+        self.line(self.paint(_join(headers, widths).rstrip(), "bold"))
         for row in rows:
             self.line(_join(row, widths).rstrip())
 
