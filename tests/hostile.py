@@ -165,15 +165,19 @@ class JsonMutation:
 
     ``key`` picks the nodes that can be hit: ``"$"`` is the whole document, ``None`` any node,
     a name every member of that name at any depth; ``pick`` chooses one of them (modulo).
+    ``at`` names one exact path instead.
     """
 
     op: Literal["drop", "replace"]
     key: str | None
     pick: int
     value: Any = None
+    at: Path | None = None  # an exact path instead of key/pick (explicit cases)
 
     def target(self, document: Any) -> Path | None:
         """The path this mutation hits in ``document`` (``()`` is the root), None if none."""
+        if self.at is not None:
+            return self.at if self.at in node_paths(document) or not self.at else None
         if self.key == "$":
             return ()
         candidates = node_paths(document)
@@ -197,6 +201,16 @@ class JsonMutation:
         else:
             parent[path[-1]] = self.value
         return copy, path
+
+
+def drop(*path: str | int) -> JsonMutation:
+    """Remove the node at ``path``."""
+    return JsonMutation("drop", None, 0, at=path)
+
+
+def put(value: Any, *path: str | int) -> JsonMutation:
+    """Replace the node at ``path`` (the whole document when ``path`` is empty)."""
+    return JsonMutation("replace", None, 0, value, at=path)
 
 
 def is_finite_number(value: Any) -> bool:
