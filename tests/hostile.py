@@ -28,8 +28,10 @@ import re
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+from xml.etree import ElementTree
 
 import aiohttp
 from aiohttp import web
@@ -76,8 +78,11 @@ class Answer:
         return gzip.decompress(self.body) if self.gzipped and self.body else self.body
 
     def document(self) -> Any:
-        """The decoded JSON body; ``ValueError`` when it is not JSON."""
-        return json.loads(self.plain().decode("utf-8"))
+        """The decoded JSON body; ``ValueError`` when it is not JSON.
+
+        Fractions and NaN/Infinity literals stay ``Raw`` text, so an answer edited elsewhere
+        goes back with every untouched number exactly as the emulator wrote it."""
+        return json.loads(self.plain().decode("utf-8"), parse_float=Raw, parse_constant=Raw)
 
     def with_plain(self, raw: bytes) -> Answer:
         """The same answer carrying ``raw``, compressed again if the original was."""
@@ -189,7 +194,7 @@ class JsonMutation:
 
     def apply(self, document: Any) -> tuple[Any, Path | None]:
         """(mutated copy, path hit); the path is None when nothing matched (copy unchanged)."""
-        copy = json.loads(json.dumps(document))
+        copy = deepcopy(document)
         path = self.target(copy)
         if path is None:
             return copy, None
@@ -267,6 +272,27 @@ class Replace:
             spoiled = spoiled.with_headers(Content_Encoding="gzip")
             raw = gzip.compress(raw)
         return replace(spoiled, status=self.status or answer.status, body=raw)
+
+
+@dataclass
+class XmlDrop:
+    """Remove one element (the ``pick``-th below the root, modulo) from an XML body."""
+
+    pick: int
+    dropped: list[str] = field(default_factory=list)
+
+    def __call__(self, answer: Answer) -> Answer:
+        try:
+            root = ElementTree.fromstring(answer.plain())
+        except ElementTree.ParseError:
+            return answer
+        parents = [(parent, child) for parent in root.iter() for child in parent]
+        if not parents:
+            return answer
+        parent, child = parents[self.pick % len(parents)]
+        parent.remove(child)
+        self.dropped.append(f"{child.tag} {dict(child.attrib)}")
+        return answer.with_plain(ElementTree.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 @dataclass(frozen=True)
@@ -387,15 +413,15 @@ def json_mutations(keys: Sequence[str]) -> st.SearchStrategy[JsonMutation]:
     )
 
 
-def byte_spoilers(
-    *, content_types: Sequence[bytes] = (HTML_PAGE, XML_ERROR)
-) -> st.SearchStrategy[Spoiler]:
-    """Broken bodies, wrong content types, lying compression and odd status codes."""
+def byte_spoilers(extra: Sequence[Spoiler] = ()) -> st.SearchStrategy[Spoiler]:
+    """Broken bodies, wrong content types, lying compression and odd status codes (plus
+    ``extra`` fixed spoilers a system has of its own, e.g. an Atom feed for 1C)."""
     odd_bodies = st.one_of(
-        st.sampled_from([b"", b"{", b"[1,", b"null", b"\xff\xfe\x00garbage", *content_types]),
+        st.sampled_from([b"", b"{", b"[1,", b"null", b"\xff\xfe\x00garbage", HTML_PAGE, XML_ERROR]),
         st.binary(max_size=40),
     )
     fixed: list[Spoiler] = [
+        *extra,
         ClaimGzip(),
         HideGzip(),
         BadGzipHeader(),
