@@ -52,6 +52,7 @@ from daemon.sandbox.dataset import build_demo_dataset
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
 from tests.hostile import (
     ATOM_FEED,
+    HTML_PAGE,
     Edit,
     HostileProxy,
     JsonMutation,
@@ -846,6 +847,34 @@ async def test_check_reports_a_garbled_organization_row_as_a_failed_line(world: 
     assert not lines["organization and priority resolved"].ok
     assert lines["organization and priority resolved"].detail.strip()
     assert lines["warehouses resolved"].ok
+
+
+@pytest.mark.parametrize(
+    ("spoiler", "kind"),
+    [
+        pytest.param(Replace(status=500, body=b""), TransientError, id="500-empty"),
+        pytest.param(
+            Replace(status=404, body=HTML_PAGE, content_type="text/html"),
+            PermanentError,
+            id="404-html",
+        ),
+        pytest.param(
+            Replace(status=401, body=b"", content_type="application/json"),
+            PermanentError,
+            id="401-no-error-body",
+        ),
+    ],
+)
+async def test_odd_error_statuses_keep_their_class(
+    world: World, spoiler: Replace, kind: type[ConnectorError]
+) -> None:
+    """500 without a body is transient; 404 with an HTML page and 401 without an odata.error
+    are permanent; each names the request and keeps the status."""
+    result = await world.attempt(spoiler, ROUTE_STOCK, lambda c: c.read_free_stock(world.keys))
+    assert isinstance(result, kind), result
+    assert_classified(result)
+    assert result.status == spoiler.status
+    assert "stock balance" in str(result) or "credentials" in str(result), str(result)
 
 
 @pytest.mark.parametrize(
