@@ -7,12 +7,13 @@ what this module returns.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
+
+import orjson
 
 from daemon.config import HubConfig
 from daemon.model import (
@@ -29,7 +30,7 @@ from daemon.model import (
 from daemon.plan import ReplenishmentPlan
 from daemon.planner import PlanningInputs, TargetInputs, plan_replenishment
 from daemon.ports import MoySkladPort, OneCPort, OpenTransferLine
-from daemon.store.runs import PlanItemRecord
+from daemon.store.runs import PlanItemRow
 
 #: Marker every hub document carries (1C Комментарий, МойСклад description); the connectors
 #: look for it when they read the hub's own open documents.
@@ -157,23 +158,32 @@ def make_plan(gathered: GatheredInputs) -> ReplenishmentPlan:
     return plan_replenishment(gathered.planning)
 
 
-def plan_item_records(plan: ReplenishmentPlan) -> list[PlanItemRecord]:
-    records = []
+def plan_item_rows(plan: ReplenishmentPlan, run_id: str) -> list[PlanItemRow]:
+    """Every item decision of every target as a ``plan_items`` row (inputs, decision, reason).
+
+    Pure CPU work (a worker thread may run it); built straight from the decisions because a run
+    of 100,000 items stores 100,000 rows.
+    """
+    rows: list[PlanItemRow] = []
+    append = rows.append
     for target in plan.targets:
+        name = target.target.name
         for decision in target.decisions:
-            records.append(
-                PlanItemRecord(
-                    target=target.target.name,
-                    item_key=decision.item.key,
-                    code=decision.item.code,
-                    article=decision.item.article,
-                    name=decision.item.name,
-                    decision=decision.decision,
-                    reason=decision.reason,
-                    detail=decision.detail(),
+            item = decision.item
+            append(
+                (
+                    run_id,
+                    name,
+                    item.key,
+                    item.code,
+                    item.article,
+                    item.name,
+                    decision.decision,
+                    decision.reason,
+                    orjson.dumps(decision.detail()).decode(),
                 )
             )
-    return records
+    return rows
 
 
 def build_documents(
@@ -241,10 +251,6 @@ def build_documents(
                 )
             )
     return docs
-
-
-def plan_json(plan: ReplenishmentPlan) -> str:
-    return json.dumps(plan.to_dict(), ensure_ascii=False)
 
 
 def describe_document(doc: Document) -> str:

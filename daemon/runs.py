@@ -31,7 +31,7 @@ from daemon.replenishment import (
     build_documents,
     gather_inputs,
     make_plan,
-    plan_item_records,
+    plan_item_rows,
 )
 from daemon.store import Database
 from daemon.store import outbox as outbox_store
@@ -334,7 +334,7 @@ def _plan_and_rows(
     gc.disable()
     try:
         plan = make_plan(gathered)
-        return plan, run_store.plan_item_rows(run_id, plan_item_records(plan))
+        return plan, plan_item_rows(plan, run_id)
     finally:
         if was_enabled:
             gc.enable()

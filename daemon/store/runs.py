@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,25 +103,8 @@ async def update_run(db: Database, run: RunRecord) -> None:
         await save_progress(conn, run)
 
 
+#: run_id, target, item_key, code, article, name, decision, reason, detail_json
 PlanItemRow = tuple[str, str, str, str, str, str, str, str, str]
-
-
-def plan_item_rows(run_id: str, items: Iterable[PlanItemRecord]) -> list[PlanItemRow]:
-    """Rows ready for ``insert_plan_item_rows``; pure CPU work, may run in a worker thread."""
-    return [
-        (
-            run_id,
-            i.target,
-            i.item_key,
-            i.code,
-            i.article,
-            i.name,
-            i.decision,
-            i.reason,
-            json.dumps(i.detail, ensure_ascii=False),
-        )
-        for i in items
-    ]
 
 
 async def insert_plan_item_rows(conn: aiosqlite.Connection, rows: list[PlanItemRow]) -> None:
@@ -130,12 +113,6 @@ async def insert_plan_item_rows(conn: aiosqlite.Connection, rows: list[PlanItemR
         " reason, detail_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
-
-
-async def insert_plan_items(
-    conn: aiosqlite.Connection, run_id: str, items: Iterable[PlanItemRecord]
-) -> None:
-    await insert_plan_item_rows(conn, plan_item_rows(run_id, items))
 
 
 async def get_run(db: Database, run_id: str) -> RunRecord:
