@@ -106,8 +106,7 @@ async def wait_final(hub: Any, run_id: str) -> list[dict[str, Any]]:
 async def test_hubd_survives_a_garbage_answer_and_the_next_clean_run_succeeds(
     sandboxes: Sandboxes, hub_factory: Any, tmp_path: Path, garbage: Garbage
 ) -> None:
-    """One endpoint answering garbage fails the run with a reason naming the system and the
-    problem, enqueues nothing and leaves hubd answering; the next clean run delivers."""
+    """Garbage fails the run with a clear reason, enqueues nothing; the next clean run delivers."""
     upstream_of = {
         "1c": tomllib.loads(sandboxes.config.read_text(encoding="utf-8"))["onec"]["base_url"],
         "moysklad": tomllib.loads(sandboxes.config.read_text(encoding="utf-8"))["moysklad"][

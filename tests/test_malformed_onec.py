@@ -375,8 +375,7 @@ def check_schema(world: World, result: OneCSchema | ConnectorError) -> None:
 async def test_metadata_with_an_element_missing_is_the_same_dialect_or_an_error(
     world: World, pick: int
 ) -> None:
-    """$metadata with any one XML element removed: the same UT dialect, or a classified error
-    (the composition check names what is missing)."""
+    """$metadata missing any one XML element: the same UT dialect, or a classified error."""
     spoil = XmlDrop(pick)
     result = await world.attempt(spoil, ROUTE_METADATA, lambda c: c.load_metadata())
     assert spoil.dropped
@@ -451,8 +450,7 @@ def check_items(world: World, result: list[Item] | ConnectorError, spoil: Spoile
 async def test_item_pages_with_broken_json_never_crash_or_guess(
     world: World, mutation: JsonMutation
 ) -> None:
-    """An item page (or its $count) with a key dropped or a wrong-typed value: an error, or the
-    broken row's item skipped and every other item exact."""
+    """Broken item pages/$count: an error, or the broken row's item skipped and the rest exact."""
     spoil = Edit(mutation, spare=huge_count)
     result = await world.attempt(spoil, ROUTE_ITEMS, lambda c: c.read_items())
     check_items(world, result, spoil)
@@ -511,8 +509,7 @@ def check_norms(
 async def test_norm_pages_with_broken_json_never_crash_or_guess(
     world: World, mutation: JsonMutation, packages: bool
 ) -> None:
-    """Norm or package rows with a key dropped or a wrong-typed value: an error, or only the
-    broken row's items differ and every value is a finite number."""
+    """Broken norm/package rows: an error, or only their items differ, all values finite."""
     spoil = Edit(mutation, spare=huge_count)
     result = await world.attempt(
         spoil, ROUTE_PACKAGES if packages else ROUTE_NORMS, lambda c: c.read_norms(world.keys)
@@ -556,8 +553,7 @@ def check_stock(
 async def test_stock_balances_with_broken_json_never_crash_or_guess(
     world: World, mutation: JsonMutation
 ) -> None:
-    """A balance row with a key dropped or a wrong-typed quantity: an error, or that row
-    skipped and every other item's free stock exact."""
+    """Broken balance rows: an error, or that row skipped and every other item's stock exact."""
     spoil = Edit(mutation)
     result = await world.attempt(spoil, ROUTE_STOCK, lambda c: c.read_free_stock(world.keys))
     check_stock(world, result, spoil)
@@ -605,8 +601,7 @@ def check_transfers(
 async def test_open_transfers_with_broken_json_never_crash_or_guess(
     world: World, mutation: JsonMutation, balances: bool
 ) -> None:
-    """The hub's open orders or their balances with a key dropped or a wrong-typed value: an
-    error, or only the broken row's lines differ."""
+    """Broken open orders or their balances: an error, or only the broken row's lines differ."""
     spoil = Edit(mutation, spare=huge_count)
     result = await world.attempt(
         spoil,
@@ -672,8 +667,7 @@ async def check_write(
 async def test_write_answers_with_broken_json_are_never_a_false_delivery(
     world: World, mutation: JsonMutation, step: str
 ) -> None:
-    """A create/post/re-read answer with a key dropped or a wrong-typed value: never reported
-    delivered unless the order really is there and posted."""
+    """Broken create/post/re-read JSON: never delivered unless the order is there and posted."""
     doc = world.transfer_doc(f"json-{world.proxy.forwarded}")
     spoil = Edit(mutation)
     result = await world.attempt(
@@ -706,8 +700,7 @@ async def test_write_answers_with_broken_bytes_are_never_a_false_delivery(
 async def test_lookup_before_resend_with_a_broken_answer_is_never_a_false_delivery(
     world: World, spoiler: Spoiler, by_marker: bool
 ) -> None:
-    """The outbox's lookup (by Ref_Key, then by marker) answered with garbage: an error, or the
-    one real order; never a second order."""
+    """A garbled lookup before a resend: an error or the one real order, never a second one."""
     doc = world.transfer_doc(f"lookup-{world.proxy.forwarded}")
     async with world.connector() as onec:
         await onec.deliver_transfer_order(doc, look_up_first=False)
@@ -738,8 +731,7 @@ async def test_lookup_before_resend_with_a_broken_answer_is_never_a_false_delive
 async def test_a_stock_row_with_a_non_numeric_quantity_is_skipped_with_a_reason(
     world: World, quantity: Any
 ) -> None:
-    """One balance row whose ВНаличииBalance is not a number: that row is skipped with a
-    warning naming the item, every other item's free stock is exact (or the read fails)."""
+    """A non-numeric ВНаличииBalance: that row skipped with a logged reason, the rest exact."""
     spoil = Edit(put(quantity, "value", 0, "ВНаличииBalance"))
     with capture_logs() as logs:
         result = await world.attempt(
@@ -769,8 +761,7 @@ async def test_a_stock_row_with_a_non_numeric_quantity_is_skipped_with_a_reason(
 async def test_a_broken_stock_row_costs_at_most_its_own_item(
     world: World, mutation: JsonMutation
 ) -> None:
-    """A balance row that is not an object or has no item key is skipped (or fails the read);
-    every other item keeps its exact free stock."""
+    """A balance row not an object or without an item key costs at most that item."""
     spoil = Edit(mutation)
     result = await world.attempt(spoil, ROUTE_STOCK, lambda c: c.read_free_stock(world.keys[:1]))
     check_stock(world, result, spoil)
@@ -808,8 +799,7 @@ async def test_a_collection_answer_without_a_value_list_is_an_error(
 async def test_a_broken_warehouse_row_is_an_error_never_a_wrong_key(
     world: World, mutation: JsonMutation
 ) -> None:
-    """A warehouse row without a usable Ref_Key, or not an object: a classified error naming
-    the problem, never a crash or a warehouse with a made-up key."""
+    """A warehouse row without a usable Ref_Key: a classified error, never a made-up key."""
     result = await world.attempt(
         Edit(mutation), ROUTE_WAREHOUSES, lambda c: c.resolve_warehouses(NAMES)
     )
@@ -853,8 +843,7 @@ async def test_check_reports_a_garbled_organization_row_as_a_failed_line(world: 
 async def test_odd_error_statuses_keep_their_class(
     world: World, spoiler: Replace, kind: type[ConnectorError]
 ) -> None:
-    """500 without a body is transient; 404 with an HTML page and 401 without an odata.error
-    are permanent; each names the request and keeps the status."""
+    """500 without a body is transient; 404 HTML and 401 without odata.error are permanent."""
     result = await world.attempt(spoiler, ROUTE_STOCK, lambda c: c.read_free_stock(world.keys))
     assert isinstance(result, kind), result
     assert_classified(result)
@@ -893,8 +882,7 @@ async def test_a_garbled_count_is_an_error(world: World, count: bytes) -> None:
 async def test_a_norm_with_a_garbled_minimum_is_never_read_as_zero(
     world: World, value: Any
 ) -> None:
-    """A norm row whose minimum is not a number: the read fails or that norm is dropped with a
-    warning; it never becomes a minimum of 0 (which would silently stop replenishing it)."""
+    """A non-numeric norm minimum fails the read or drops that norm with a reason, never 0."""
     spoil = Edit(put(value, "value", 0, "МинимальноеКоличествоЗапаса"))
     with capture_logs() as logs:
         result = await world.attempt(spoil, ROUTE_NORMS, lambda c: c.read_norms(world.keys))
@@ -931,8 +919,7 @@ async def test_a_norm_with_a_garbled_minimum_is_never_read_as_zero(
 async def test_a_garbled_create_answer_leaves_the_order_to_be_finished(
     world: World, mutation: JsonMutation
 ) -> None:
-    """The order was created but the answer is garbled: the error is transient (the outbox
-    looks it up and posts it), never a dead letter or a delivery of an unposted order."""
+    """A created order with a garbled answer: a transient error, never a dead letter."""
     doc = world.transfer_doc(f"create-{mutation.op}-{mutation.at}-{mutation.value}")
     result = await world.attempt(
         Edit(mutation), ROUTE_CREATE, lambda c: c.deliver_transfer_order(doc, look_up_first=False)
@@ -960,8 +947,7 @@ def _limit_memory() -> None:
 
 @defect(HUGE_COUNT)
 async def test_a_huge_count_is_refused_without_exhausting_memory() -> None:
-    """/$count of 10^15 is not turned into 10^14 page requests (checked in a child process with
-    a memory cap, since the failure mode is eating all the machine's memory)."""
+    """A /$count of 10^15 is not planned as 10^14 pages (child process with a memory cap)."""
     code = "import asyncio, tests.test_malformed_onec as t; asyncio.run(t.huge_count_scenario())"
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code,
