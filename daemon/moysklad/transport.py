@@ -196,7 +196,7 @@ class MoySkladTransport:
     async def request(
         self, method: str, path: str, *, params: Query | None = None, body: Any = None
     ) -> Any:
-        """Send ``method base_url+path`` and return the decoded JSON (None for an empty body)."""
+        """Send ``method base_url+path`` and return the decoded JSON document."""
         settings = self._settings
         url = self._base.join(URL(path))
         if params:
@@ -295,12 +295,18 @@ def _transport_error(method: str, url: URL, exc: BaseException) -> ConnectorErro
 
 
 def _decode(method: str, path: str, answer: _Answer) -> Any:
+    """The JSON of a 2xx answer. Every call the hub makes expects a JSON document back, so an
+    empty body is as unusable as garbage: a ``TransientError`` for a read, and for a write an
+    ``OutcomeUnknownError`` (the server said 2xx, so the document may exist)."""
+    kind = TransientError if method == "GET" else OutcomeUnknownError
     if not answer.body:
-        return None
+        raise kind(
+            f"{method} {path}: HTTP {answer.status} with an empty body instead of JSON",
+            system=SYSTEM,
+            status=answer.status,
+        )
     try:
         return json.loads(answer.body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:
         message = f"{method} {path}: HTTP {answer.status} with a body that is not JSON"
-        if method == "GET":
-            raise TransientError(message, system=SYSTEM, status=answer.status) from exc
-        raise OutcomeUnknownError(message, system=SYSTEM, status=answer.status) from exc
+        raise kind(message, system=SYSTEM, status=answer.status) from exc
