@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import os
 import random
@@ -575,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=60, help="demo data set size")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
+    # A SIGKILLed client leaves a request body half sent; the emulators' server logs each one
+    # with a traceback, which would bury the progress lines.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     options = SoakOptions(kills=args.kills, seed=args.seed, items=args.items)
     workdir = Path(tempfile.mkdtemp(prefix="hub-soak-"))
     print(f"crash soak: {options.kills} kills, seed {options.seed}, {options.items} items")
