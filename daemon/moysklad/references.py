@@ -7,16 +7,25 @@ one entity, is a ``PermanentError`` naming what was looked for, so the operator 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from daemon.errors import PermanentError
+from daemon.moysklad.answers import (
+    UUID,
+    as_list,
+    as_object,
+    as_text,
+    as_uuid,
+    malformed,
+    shape,
+)
 from daemon.moysklad.failures import SYSTEM
 from daemon.moysklad.transport import MoySkladTransport
 
-UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MEDIA_TYPE = "application/json"
+STATE_TYPES = frozenset({"Regular", "Successful", "Unsuccessful"})
+FINAL_STATE_TYPES = frozenset({"Successful", "Unsuccessful"})
 
 
 def filter_value(value: str) -> str:
@@ -45,14 +54,20 @@ class Reference:
         return f"{self.name} ({self.id})"
 
 
-def _reference(kind: str, row: dict[str, Any]) -> Reference:
-    meta = row.get("meta") or {}
-    return Reference(
-        kind=str(meta.get("type") or kind),
-        id=str(row["id"]),
-        name=str(row.get("name", "")),
-        href=str(meta["href"]),
-    )
+def _reference(kind: str, row: Any, what: str) -> Reference:
+    """A checked reference: a МойСклад id, a name, and a meta whose href ends in that id (an
+    order pointing at a made-up href would go to the wrong entity or be refused)."""
+    entity = as_object(row, what, f"a {kind}")
+    entity_id = as_uuid(entity.get("id"), what, f"the {kind} id")
+    name = as_text(entity.get("name"), what, f"the name of {kind} {entity_id}")
+    meta = as_object(entity.get("meta"), what, f"the meta of {kind} {entity_id}")
+    href = as_text(meta.get("href"), what, f"the meta.href of {kind} {entity_id}")
+    if id_from_href(href).lower() != entity_id.lower():
+        raise malformed(what, f"{kind} {entity_id} has a meta.href for another id")
+    meta_type = meta.get("type", kind)
+    if meta_type != kind:
+        raise malformed(what, f"{kind} {entity_id} has meta.type {shape(meta_type)}")
+    return Reference(kind=kind, id=entity_id, name=name, href=href)
 
 
 async def resolve_entity(
@@ -60,8 +75,9 @@ async def resolve_entity(
 ) -> Reference:
     """The ``entity`` (e.g. "counterparty") whose id or exact name is ``wanted``."""
     if UUID.match(wanted):
+        path = f"entity/{entity}/{wanted}"
         try:
-            row = await transport.get(f"entity/{entity}/{wanted}")
+            row = await transport.get(path)
         except PermanentError as exc:
             raise PermanentError(
                 f"{label} with id {wanted} not found in МойСклад: {exc}",
@@ -70,21 +86,33 @@ async def resolve_entity(
                 code=exc.code,
                 remote_message=exc.remote_message,
             ) from exc
-        return _reference(entity, row)
-    page = await transport.get(
-        f"entity/{entity}", {"filter": f"name={filter_value(wanted)}", "limit": 2}
+        found = _reference(entity, row, f"GET {path}")
+        if found.id.lower() != wanted.lower():
+            raise malformed(f"GET {path}", f"answered {entity} {found.id} instead")
+        return found
+    what = f"GET entity/{entity}"
+    page = as_object(
+        await transport.get(
+            f"entity/{entity}", {"filter": f"name={filter_value(wanted)}", "limit": 2}
+        ),
+        what,
+        "the answer",
     )
-    rows = [row for row in page.get("rows", []) if row.get("name") == wanted]
+    rows = []
+    for row in as_list(page.get("rows"), what, "rows"):
+        name = as_text(as_object(row, what, f"a {entity}").get("name"), what, f"a {entity} name")
+        if name == wanted:
+            rows.append(_reference(entity, row, what))
     if not rows:
         raise PermanentError(f"{label} named {wanted!r} not found in МойСклад", system=SYSTEM)
     if len(rows) > 1:
-        ids = ", ".join(str(row["id"]) for row in rows)
+        ids = ", ".join(row.id for row in rows)
         raise PermanentError(
             f"{label} name {wanted!r} is ambiguous in МойСклад (ids {ids}); "
             "put the id in config instead",
             system=SYSTEM,
         )
-    return _reference(entity, rows[0])
+    return rows[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,25 +135,40 @@ class OrderStates:
 async def read_order_states(
     transport: MoySkladTransport, extra_final: tuple[str, ...]
 ) -> OrderStates:
-    """States from ``customerorder/metadata``; Successful/Unsuccessful ones are final."""
-    metadata = await transport.get("entity/customerorder/metadata")
+    """States from ``customerorder/metadata``; Successful/Unsuccessful ones are final.
+
+    Metadata without a ``states`` list, or a state whose ``stateType`` is not one of the three
+    the API knows, fails the read: guessing "not final" would count a closed order's
+    quantities as still incoming, guessing "final" would hide an open one."""
+    what = "GET entity/customerorder/metadata"
+    metadata = as_object(await transport.get("entity/customerorder/metadata"), what, "the answer")
     by_id: dict[str, Reference] = {}
     final: set[str] = set()
-    for row in metadata.get("states", []):
-        state = _reference("state", row)
+    for row in as_list(metadata.get("states"), what, "states"):
+        state = _reference("state", row, what)
+        state_type = row.get("stateType")
+        if not isinstance(state_type, str) or state_type not in STATE_TYPES:
+            raise malformed(what, f"state {state.name!r} has stateType {shape(state_type)}")
         by_id[state.id] = state
-        if row.get("stateType") in ("Successful", "Unsuccessful") or state.name in extra_final:
+        if state_type in FINAL_STATE_TYPES or state.name in extra_final:
             final.add(state.id)
     return OrderStates(by_id, frozenset(final))
 
 
 async def check_price_type(transport: MoySkladTransport, name: str) -> str:
     """The id of the sale price type ``name``; ``PermanentError`` if the account has none."""
-    rows = await transport.get("context/companysettings/pricetype")
-    for row in rows:
-        if row.get("name") == name:
-            return str(row["id"])
-    known = ", ".join(sorted(str(row.get("name")) for row in rows))
+    what = "GET context/companysettings/pricetype"
+    rows = [
+        as_object(row, what, "a price type")
+        for row in as_list(
+            await transport.get("context/companysettings/pricetype"), what, "the answer"
+        )
+    ]
+    known = [as_text(row.get("name"), what, "a price type name") for row in rows]
+    for row, row_name in zip(rows, known, strict=True):
+        if row_name == name:
+            return as_uuid(row.get("id"), what, f"the id of price type {name!r}")
     raise PermanentError(
-        f"price type {name!r} not found in МойСклад (known: {known})", system=SYSTEM
+        f"price type {name!r} not found in МойСклад (known: {', '.join(sorted(known))})",
+        system=SYSTEM,
     )
