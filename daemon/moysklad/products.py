@@ -19,15 +19,23 @@ products is ambiguous: the item is left unmatched (and logged) rather than order
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import structlog
 
 from daemon.model import Item, Product
+from daemon.moysklad.answers import (
+    Page,
+    finite_number,
+    is_last,
+    is_uuid,
+    malformed,
+    read_page,
+    shape,
+)
 from daemon.moysklad.references import filter_value
 from daemon.moysklad.transport import MoySkladTransport, Query
 
@@ -36,6 +44,15 @@ log = structlog.get_logger(__name__)
 # Keeps the request line far below the provider's 8 KB header limit once URL-encoded
 # (Cyrillic triples in percent-encoding).
 MAX_FILTER_CHARS = 1500
+# The most products one list is paged through; a meta.size above it is refused rather than
+# turned into that many requests (10^15 would mean 10^12 pages).
+MAX_LISTED_ROWS = 1_000_000
+PAGE_WINDOW = 16  # product pages requested together
+WHAT = "GET entity/product"
+ZERO = Decimal(0)
+# 10^13 roubles: a "price" beyond it is garbage that МойСклад would refuse in the order,
+# dead-lettering every other line with it.
+MAX_PRICE_KOPECKS = Decimal(10**15)
 
 
 def item_value(item: Item, match_key: str) -> str:
@@ -46,17 +63,35 @@ def item_value(item: Item, match_key: str) -> str:
     return item.key.strip()
 
 
-def _price(row: dict[str, Any], price_type: str) -> Decimal:
+def _price(row: dict[str, Any], price_type: str) -> tuple[Decimal, str]:
+    """(sale price in kopecks, "" or why it could not be read).
+
+    No price of that type is price 0, as it always was (the order then carries 0 and the
+    manager prices it in МойСклад). A price that is there but is not a finite, non-negative
+    number is also 0, and the reason is returned so the caller logs it: an order must never
+    carry NaN, Infinity or a number made up from text."""
     if not price_type:
-        return Decimal(0)
-    for price in row.get("salePrices") or ():
-        kind = price.get("priceType") or {}
-        if kind.get("name") == price_type:
-            try:
-                return Decimal(str(price.get("value", 0)))
-            except InvalidOperation:
-                return Decimal(0)
-    return Decimal(0)
+        return ZERO, ""
+    prices = row.get("salePrices")
+    if prices is None:
+        return ZERO, ""
+    if not isinstance(prices, list):
+        return ZERO, f"salePrices is {shape(prices)}, not a list"
+    unreadable = ""
+    for price in prices:
+        kind = price.get("priceType") if isinstance(price, dict) else None
+        name = kind.get("name") if isinstance(kind, dict) else None
+        if not isinstance(price, dict) or not isinstance(name, str):
+            unreadable = "salePrices has an entry without a price type name"
+            continue
+        if name != price_type:
+            continue
+        value = price.get("value", 0)
+        number = finite_number(value)
+        if number is None or not 0 <= number <= MAX_PRICE_KOPECKS:
+            return ZERO, f"the {price_type!r} price is {shape(value)}, not a price"
+        return number, ""
+    return ZERO, unreadable
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +139,7 @@ class ProductMatcher:
         wanted = {value for item in items if (value := item_value(item, self._match_key))}
         if not wanted:
             return {}
+        rows: list[Any]
         if len(wanted) <= self._lookup_max:
             rows = []
             for chunk in filter_chunks(self._match_key, sorted(wanted)):
@@ -112,11 +148,9 @@ class ProductMatcher:
             rows = await self._list({})
         index: dict[str, list[_Candidate]] = {}
         for row in rows:
-            value = str(row.get(self._match_key) or "").strip()
-            if value in wanted:
-                candidate = _Candidate(
-                    str(row["id"]), str(row.get("name", "")), _price(row, price_type)
-                )
+            matching = self._candidate(row, wanted, price_type)
+            if matching is not None:
+                value, candidate = matching
                 index.setdefault(value, []).append(candidate)
         matched: dict[str, Product] = {}
         ambiguous = 0
@@ -145,29 +179,93 @@ class ProductMatcher:
         )
         return matched
 
-    async def _list(self, query: Query) -> list[dict[str, Any]]:
-        """Every row of ``entity/product`` for ``query``; pages after the first run together
-        (the rate limiter decides how many actually go out at once)."""
+    def _candidate(
+        self, row: Any, wanted: set[str], price_type: str
+    ) -> tuple[str, _Candidate] | None:
+        """(match value, candidate) for a product row that matches a wanted item.
+
+        A broken row costs only its own item: it is skipped with a warning saying why, since
+        matching the item to a product with no usable id or name would order garbage."""
+        if not isinstance(row, dict):
+            _skipped(f"the row is {shape(row)}, not an object")
+            return None
+        raw = row.get(self._match_key)
+        if raw is None:
+            return None  # the product has no value for the match key (optional fields)
+        if not isinstance(raw, str):
+            product_id = row.get("id") if is_uuid(row.get("id")) else None
+            _skipped(f"{self._match_key} is {shape(raw)}, not text", product_id=product_id)
+            return None
+        value = raw.strip()
+        if value not in wanted:
+            return None
+        product_id = row.get("id")
+        if not is_uuid(product_id):
+            _skipped(f"id is {shape(product_id)}, not a МойСклад id", value=value)
+            return None
+        name = row.get("name")
+        if not isinstance(name, str):
+            _skipped(f"name is {shape(name)}, not text", value=value, product_id=product_id)
+            return None
+        price, problem = _price(row, price_type)
+        if problem:
+            log.warning(
+                "moysklad_product_price_unreadable",
+                reason=problem,
+                match_key=self._match_key,
+                value=value,
+                product_id=product_id,
+                price_kopecks=str(price),
+            )
+        return value, _Candidate(str(product_id), name, price)
+
+    async def _list(self, query: Query) -> list[Any]:
+        """Every row of ``entity/product`` for ``query`` (rows unchecked; ``_candidate`` does).
+
+        ``meta.size`` plans the work but is never trusted with it: a claim above
+        ``MAX_LISTED_ROWS`` is refused outright, pages go out ``PAGE_WINDOW`` at a time (the
+        rate limiter decides how many actually run at once), and the list ends at the first
+        page that ``is_last`` accepts, so a page that lost rows fails the match instead of
+        quietly leaving products out."""
         limit = self._page_size
-        first = await self._transport.get("entity/product", {**query, "limit": limit, "offset": 0})
-        rows: list[dict[str, Any]] = list(first.get("rows", []))
-        size = int(first.get("meta", {}).get("size", len(rows)))
-        pages = math.ceil(size / limit)
-        if pages <= 1:
-            return rows
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(
-                        self._transport.get(
-                            "entity/product", {**query, "limit": limit, "offset": page * limit}
-                        )
-                    )
-                    for page in range(1, pages)
-                ]
-        except ExceptionGroup as failed:
-            # Callers split on transient/permanent, so they get the first page's own error.
-            raise first_leaf(failed) from None
-        for task in tasks:
-            rows.extend(task.result().get("rows", []))
+        first = await self._page(query, 0)
+        rows = list(first.rows)
+        last = is_last(first, 0, limit, WHAT)
+        size = first.size
+        next_page = 1
+        while not last:
+            # Not last means the latest page's own size promises rows beyond next_page*limit,
+            # so every pass asks for at least one page and next_page stays under the cap.
+            window = range(next_page, min(-(-size // limit), next_page + PAGE_WINDOW))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(self._page(query, page * limit)) for page in window]
+            except ExceptionGroup as failed:
+                # Callers split on transient/permanent, so they get the first page's own error.
+                raise first_leaf(failed) from None
+            for page_number, task in zip(window, tasks, strict=True):
+                page = task.result()
+                rows.extend(page.rows)
+                size = page.size
+                last = is_last(page, page_number * limit, limit, WHAT)
+                if last:
+                    break
+            next_page = window.stop
         return rows
+
+    async def _page(self, query: Query, offset: int) -> Page:
+        answer = await self._transport.get(
+            "entity/product", {**query, "limit": self._page_size, "offset": offset}
+        )
+        page = read_page(answer, WHAT)
+        if page.size > MAX_LISTED_ROWS:
+            raise malformed(
+                WHAT,
+                f"meta.size claims {page.size} products, more than the {MAX_LISTED_ROWS} "
+                "the hub pages through",
+            )
+        return page
+
+
+def _skipped(reason: str, **context: Any) -> None:
+    log.warning("moysklad_product_row_skipped", reason=reason, **context)
