@@ -16,13 +16,20 @@ from typing import Any
 import structlog
 from pydantic import SecretStr
 
-from daemon.errors import CircuitOpenError, ConnectorError, PermanentError, TransientError
+from daemon.errors import (
+    CircuitOpenError,
+    ConnectorError,
+    OutcomeUnknownError,
+    PermanentError,
+    TransientError,
+)
 from daemon.model import CustomerOrderDocument, DeliveredDocument, Item, Product
 from daemon.moysklad.failures import SYSTEM
 from daemon.moysklad.orders import (
     check_document,
     find_by_sync_id,
     order_body,
+    order_ref,
     read_outstanding,
 )
 from daemon.moysklad.products import ProductMatcher
@@ -164,32 +171,24 @@ class MoySkladConnector:
             found = await find_by_sync_id(self._transport, doc.sync_id)
             if found is not None:
                 log.info(
-                    "moysklad_order_found",
-                    sync_id=doc.sync_id,
-                    order_id=found["id"],
-                    name=found.get("name"),
+                    "moysklad_order_found", sync_id=doc.sync_id, order_id=found.id, name=found.name
                 )
-                return DeliveredDocument(
-                    external_id=str(found["id"]),
-                    number=str(found.get("name", "")),
-                    created_now=False,
-                )
-        created = await self._transport.post("entity/customerorder", body)
-        if not isinstance(created, dict) or "id" not in created:
-            raise TransientError(
-                "POST entity/customerorder answered without an order id", system=SYSTEM
-            )
+                return DeliveredDocument(external_id=found.id, number=found.name, created_now=False)
+        answer = await self._transport.post("entity/customerorder", body)
+        # The server said 2xx, so the order may exist even when the answer is unusable: the
+        # outbox then looks it up by syncId instead of recording a made-up id or number.
+        created = order_ref(
+            answer, doc.sync_id, "POST entity/customerorder", kind=OutcomeUnknownError
+        )
         log.info(
             "moysklad_order_created",
             sync_id=doc.sync_id,
-            order_id=created["id"],
-            name=created.get("name"),
+            order_id=created.id,
+            name=created.name,
             positions=len(doc.lines),
             external_code=doc.external_code,
         )
-        return DeliveredDocument(
-            external_id=str(created["id"]), number=str(created.get("name", "")), created_now=True
-        )
+        return DeliveredDocument(external_id=created.id, number=created.name, created_now=True)
 
     async def check(self) -> list[CheckResult]:
         """Reachable, credentials accepted, organization/agent/store resolved, rate budget."""
@@ -198,7 +197,7 @@ class MoySkladConnector:
         try:
             employee = await self._transport.get("context/employee")
         except CircuitOpenError as exc:
-            return [CheckResult(SYSTEM, "reachable", False, exc.describe())]
+            return [CheckResult(SYSTEM, "reachable", False, exc.describe()), self._budget_result()]
         except PermanentError as exc:
             if exc.status in (401, 403):
                 results.append(CheckResult(SYSTEM, "reachable", True, host))
@@ -285,5 +284,7 @@ class MoySkladConnector:
 def _who(employee: Any) -> str:
     if not isinstance(employee, dict):
         return ""
-    uid = employee.get("uid") or employee.get("name") or ""
+    uid = next(
+        (v for v in (employee.get("uid"), employee.get("name")) if isinstance(v, str) and v), ""
+    )
     return f"user {uid}" if uid else ""
