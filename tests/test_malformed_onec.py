@@ -84,9 +84,9 @@ PROPERTY = settings(
     # every example gets its own connector.
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-# Properties that still find a connector defect: a fixed example sequence, so the expected
-# failure is the same in every run, and no shrinking, which would only spend time on it.
-# Switch back to PROPERTY when the xfail goes.
+# Properties that still find a connector defect: an explicit example that hits it and a fixed
+# example sequence, so the expected failure is the same in every run, and no shrinking, which
+# would only spend time on it. Switch back to PROPERTY when the xfail goes.
 KNOWN_BROKEN = settings(PROPERTY, derandomize=True, phases=[Phase.explicit, Phase.generate])
 
 
@@ -447,6 +447,7 @@ def check_items(world: World, result: list[Item] | ConnectorError, spoil: Spoile
 @defect(ROW_FIELDS, KEYS)
 @KNOWN_BROKEN
 @given(mutation=json_mutations(ITEM_KEYS))
+@example(mutation=put(7, "value", 0))
 async def test_item_pages_with_broken_json_never_crash_or_guess(
     world: World, mutation: JsonMutation
 ) -> None:
@@ -506,6 +507,7 @@ def check_norms(
 @defect(ROW_FIELDS, DECIMALS)
 @KNOWN_BROKEN
 @given(mutation=json_mutations(NORM_KEYS), packages=st.booleans())
+@example(mutation=put("abc", "value", 0, "МинимальноеКоличествоЗапаса"), packages=False)
 async def test_norm_pages_with_broken_json_never_crash_or_guess(
     world: World, mutation: JsonMutation, packages: bool
 ) -> None:
@@ -550,6 +552,7 @@ def check_stock(
 @defect(ROW_FIELDS, DECIMALS)
 @KNOWN_BROKEN
 @given(mutation=json_mutations(STOCK_KEYS))
+@example(mutation=drop("value", 0, "Номенклатура_Key"))
 async def test_stock_balances_with_broken_json_never_crash_or_guess(
     world: World, mutation: JsonMutation
 ) -> None:
@@ -598,6 +601,7 @@ def check_transfers(
 @defect(ROW_FIELDS, DECIMALS)
 @KNOWN_BROKEN
 @given(mutation=json_mutations(TRANSFER_KEYS), balances=st.booleans())
+@example(mutation=put([], "value", 0, "СкладОтправитель_Key"), balances=False)
 async def test_open_transfers_with_broken_json_never_crash_or_guess(
     world: World, mutation: JsonMutation, balances: bool
 ) -> None:
@@ -664,6 +668,7 @@ async def check_write(
 @defect(CREATE_ANSWER, ROW_FIELDS)
 @KNOWN_BROKEN
 @given(mutation=json_mutations(ORDER_ANSWER_KEYS), step=st.sampled_from(sorted(WRITE_STEPS)))
+@example(mutation=drop("Ref_Key"), step="create")
 async def test_write_answers_with_broken_json_are_never_a_false_delivery(
     world: World, mutation: JsonMutation, step: str
 ) -> None:
@@ -697,6 +702,7 @@ async def test_write_answers_with_broken_bytes_are_never_a_false_delivery(
     spoiler=st.one_of(ONEC_BYTES, st.builds(Edit, json_mutations(ORDER_ANSWER_KEYS))),
     by_marker=st.booleans(),
 )
+@example(spoiler=Edit(drop("Ref_Key")), by_marker=False)
 async def test_lookup_before_resend_with_a_broken_answer_is_never_a_false_delivery(
     world: World, spoiler: Spoiler, by_marker: bool
 ) -> None:
