@@ -24,7 +24,7 @@ from pathlib import Path as FilePath
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 from structlog.testing import capture_logs
@@ -73,56 +73,6 @@ PROPERTY = settings(
     # every example gets its own connector.
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-# Properties that still find a connector defect: a fixed example sequence, so the expected
-# failure is the same in every run, and no shrinking, which would only spend time on it.
-# Switch back to PROPERTY when the xfail goes.
-KNOWN_BROKEN = settings(PROPERTY, derandomize=True, phases=[Phase.explicit, Phase.generate])
-
-
-def defect(*reasons: str) -> pytest.MarkDecorator:
-    """A connector defect reported to the lead (issue #9); the test passes once it is fixed."""
-    return pytest.mark.xfail(strict=True, reason="; ".join(reasons))
-
-
-EMPTY_BODY = "transport.py _decode: an empty 2xx body becomes None and callers call .get on it"
-PAGE_ENVELOPE = (
-    "products.py _list: a page without a rows list or a numeric meta.size reads as no rows or "
-    "len(rows) pages, or raises TypeError/ValueError/OverflowError"
-)
-HUGE_SIZE = "products.py _list: meta.size is trusted, 10^15 plans 5e14 page tasks at once (OOM)"
-PRODUCT_ROW = (
-    "products.py match/_price: a row that is not an object, has no id or non-list salePrices "
-    "raises AttributeError/KeyError instead of skipping that product"
-)
-PRICE = (
-    "products.py _price: NaN/Infinity/1e999 become Decimal NaN/Infinity; a non-numeric price "
-    "becomes 0 without a log line"
-)
-ORDER_ENVELOPE = (
-    "orders.py read_outstanding/_positions: an order page without rows reads as no open orders "
-    "(incoming 0, so the next run orders again); int(meta.size) raises on NaN/null/text"
-)
-POSITION = (
-    "orders.py read_outstanding: Decimal(str(quantity/shipped)) raises InvalidOperation on "
-    "text/null/list, NaN fails the > 0 comparison; meta['href'] KeyError"
-)
-STATES = (
-    "references.py read_order_states: states null raises TypeError; states missing or a final "
-    "state's stateType garbled leaves a closed order counted as incoming"
-)
-REFERENCE_ROW = (
-    "references.py resolve_entity/_reference: rows null/not objects, id or meta.href missing "
-    "raise TypeError/AttributeError/KeyError"
-)
-CREATE_ANSWER = (
-    "connector.py deliver_customer_order: str(created['id']) / str(created.get('name')) report "
-    "'None' or '12345' as the delivered order's id/number"
-)
-SYNC_LOOKUP = (
-    "orders.py find_by_sync_id + connector.py deliver_customer_order: the lookup page is trusted "
-    "(None, list rows, rows without id raise; id null is reported as order 'None')"
-)
-CHECK = "connector.py check(): catches only ConnectorError, so the defects above escape it"
 
 PRODUCTS = [
     ("A-001", "Болт М8", 1250),
@@ -345,8 +295,7 @@ def assert_sane_product(world: World, item: Item, product: Product, planted: Any
     assert finite(product.price_kopecks) and product.price_kopecks >= 0, product
 
 
-@defect(EMPTY_BODY, PAGE_ENVELOPE, PRODUCT_ROW, PRICE)
-@KNOWN_BROKEN
+@PROPERTY
 @given(mutation=json_mutations(PRODUCT_KEYS), paged=st.booleans())
 async def test_product_pages_with_broken_json_never_crash_or_guess(
     world: World, mutation: JsonMutation, paged: bool
@@ -360,8 +309,7 @@ async def test_product_pages_with_broken_json_never_crash_or_guess(
     check_products(world, result, spoil)
 
 
-@defect(EMPTY_BODY)
-@KNOWN_BROKEN
+@PROPERTY
 @given(spoiler=byte_spoilers(), paged=st.booleans())
 async def test_product_pages_with_broken_bytes_are_a_classified_error(
     world: World, spoiler: Spoiler, paged: bool
@@ -402,8 +350,7 @@ def check_delivered(world: World, key: str, result: DeliveredDocument | Connecto
     assert result.number in (order["name"], ""), f"wrong order number {result.number!r}"
 
 
-@defect(EMPTY_BODY, REFERENCE_ROW)
-@KNOWN_BROKEN
+@PROPERTY
 @given(mutation=json_mutations(["rows", "meta", "href", "type", "id", "name", "size"]))
 async def test_reference_lookups_with_broken_json_never_point_an_order_elsewhere(
     world: World, mutation: JsonMutation
@@ -424,8 +371,7 @@ async def test_reference_lookups_with_broken_json_never_point_an_order_elsewhere
     assert order["store"] == sandbox.entity_id("store", "Основной склад")
 
 
-@defect(EMPTY_BODY)
-@KNOWN_BROKEN
+@PROPERTY
 @given(spoiler=byte_spoilers())
 async def test_reference_lookups_with_broken_bytes_create_nothing(
     world: World, spoiler: Spoiler
@@ -440,8 +386,7 @@ async def test_reference_lookups_with_broken_bytes_create_nothing(
         check_delivered(world, key, result)
 
 
-@defect(CHECK)
-@KNOWN_BROKEN
+@PROPERTY
 @given(spoiler=st.one_of(byte_spoilers(), st.builds(Edit, json_mutations(ENVELOPE_KEYS))))
 async def test_check_reports_malformed_answers_instead_of_raising(
     world: World, spoiler: Spoiler
@@ -495,8 +440,7 @@ def check_incoming(world: World, result: dict[str, Decimal] | ConnectorError, sp
             assert result.get(product_id) == quantity, f"untouched product {product_id} changed"
 
 
-@defect(EMPTY_BODY, ORDER_ENVELOPE, POSITION)
-@KNOWN_BROKEN
+@PROPERTY
 @given(mutation=json_mutations(ORDER_KEYS))
 async def test_order_pages_with_broken_json_never_crash_or_miscount(
     world: World, mutation: JsonMutation
@@ -507,8 +451,7 @@ async def test_order_pages_with_broken_json_never_crash_or_miscount(
     check_incoming(world, result, spoil)
 
 
-@defect(EMPTY_BODY, STATES)
-@KNOWN_BROKEN
+@PROPERTY
 @given(mutation=json_mutations(STATE_KEYS))
 async def test_order_states_with_broken_json_never_reopen_closed_orders(
     world: World, mutation: JsonMutation
@@ -522,8 +465,7 @@ async def test_order_states_with_broken_json_never_reopen_closed_orders(
         assert result == world.incoming, f"{mutation} changed incoming quantities silently"
 
 
-@defect(EMPTY_BODY)
-@KNOWN_BROKEN
+@PROPERTY
 @given(
     spoiler=byte_spoilers(),
     route=st.sampled_from([ROUTE_ORDER_PAGES, ROUTE_STATES]),
@@ -552,8 +494,7 @@ def check_write(
         assert isinstance(result, TransientError), f"{result!r} for an order that was created"
 
 
-@defect(CREATE_ANSWER)
-@KNOWN_BROKEN
+@PROPERTY
 @given(mutation=json_mutations(["id", "name", "meta", "href", "positions", "syncId"]))
 async def test_create_order_with_broken_json_answer_is_never_reported_delivered(
     world: World, mutation: JsonMutation
@@ -578,8 +519,7 @@ async def test_create_order_with_broken_bytes_is_never_reported_delivered(
         assert not isinstance(spoiler, Truncate | CutConnection | ClaimGzip | HideGzip)
 
 
-@defect(EMPTY_BODY, SYNC_LOOKUP)
-@KNOWN_BROKEN
+@PROPERTY
 @given(
     spoiler=st.one_of(
         byte_spoilers(), st.builds(Edit, json_mutations(["rows", "id", "name", "meta", "size"]))
@@ -605,7 +545,6 @@ async def test_lookup_by_sync_id_with_broken_answer_is_never_a_false_delivery(
 # -- explicit cases ----------------------------------------------------------------------------
 
 
-@defect(EMPTY_BODY)
 async def test_an_empty_200_answer_to_a_read_is_a_classified_error(world: World) -> None:
     """A product page answered 200 with an empty body is an error naming the request."""
     result = await world.attempt(
@@ -616,7 +555,6 @@ async def test_an_empty_200_answer_to_a_read_is_a_classified_error(world: World)
     assert "entity/product" in str(result)
 
 
-@defect(PRICE)
 async def test_a_product_row_with_a_non_numeric_price_is_logged_and_others_kept(
     world: World,
 ) -> None:
@@ -636,7 +574,6 @@ async def test_a_product_row_with_a_non_numeric_price_is_logged_and_others_kept(
     )
 
 
-@defect(PRICE)
 @pytest.mark.parametrize(
     "literal", ["NaN", "Infinity", "-Infinity", "1e999"], ids=lambda text: f"price={text}"
 )
@@ -653,7 +590,6 @@ async def test_a_non_finite_price_never_reaches_an_order(world: World, literal: 
         assert product.price_kopecks.is_finite(), product
 
 
-@defect(PAGE_ENVELOPE)
 @pytest.mark.parametrize(
     "mutation",
     [drop("rows"), drop("meta"), put(None, "rows"), put("7", "meta", "size")],
@@ -675,7 +611,6 @@ async def test_a_product_page_with_a_broken_envelope_is_an_error(
     assert_classified(result)
 
 
-@defect(PRODUCT_ROW)
 @pytest.mark.parametrize(
     "mutation",
     [put(5, "rows", 1), drop("rows", 1, "id"), put("gone", "rows", 1, "salePrices")],
@@ -697,8 +632,8 @@ async def test_one_broken_product_row_is_skipped_and_the_rest_matched(
 @pytest.mark.parametrize(
     "mutation",
     [
-        pytest.param(drop("rows"), id="no-rows", marks=defect(ORDER_ENVELOPE)),
-        pytest.param(put(None, "rows"), id="rows-null", marks=defect(ORDER_ENVELOPE)),
+        pytest.param(drop("rows"), id="no-rows"),
+        pytest.param(put(None, "rows"), id="rows-null"),
         pytest.param(drop("meta"), id="no-meta"),
     ],
 )
@@ -716,7 +651,6 @@ async def test_an_order_page_with_a_broken_envelope_never_reads_as_nothing_incom
         assert_classified(result)
 
 
-@defect(POSITION)
 @pytest.mark.parametrize(
     "value", ["abc", None, Raw("NaN"), [3]], ids=["text", "null", "NaN", "list"]
 )
@@ -731,7 +665,6 @@ async def test_a_position_with_a_garbled_quantity_fails_the_read(world: World, v
     assert_classified(result)
 
 
-@defect(STATES)
 @pytest.mark.parametrize(
     "mutation",
     [drop("states"), put(None, "states"), put("?", "states", 6, "stateType")],
@@ -754,10 +687,10 @@ async def test_garbled_order_states_never_reopen_a_cancelled_order(
 @pytest.mark.parametrize(
     "mutation",
     [
-        pytest.param(put(None, "id"), id="id-null", marks=defect(CREATE_ANSWER)),
+        pytest.param(put(None, "id"), id="id-null"),
         pytest.param(drop("id"), id="no-id"),
-        pytest.param(put(12345, "id"), id="id-number", marks=defect(CREATE_ANSWER)),
-        pytest.param(put(None, "name"), id="name-null", marks=defect(CREATE_ANSWER)),
+        pytest.param(put(12345, "id"), id="id-number"),
+        pytest.param(put(None, "name"), id="name-null"),
     ],
 )
 async def test_a_create_answer_with_a_garbled_id_is_never_a_delivery(
@@ -770,7 +703,6 @@ async def test_a_create_answer_with_a_garbled_id_is_never_a_delivery(
     check_write(world, key, result, answered_2xx=True)
 
 
-@defect(SYNC_LOOKUP)
 @pytest.mark.parametrize(
     "mutation",
     [put(None), put([], "rows", 0), drop("rows", 0, "id"), put(None, "rows", 0, "id")],
@@ -789,7 +721,6 @@ async def test_a_garbled_lookup_by_sync_id_is_never_a_delivery(
     check_delivered(world, key, result)
 
 
-@defect(CHECK)
 async def test_check_reports_a_garbled_lookup_as_a_failed_line(world: World) -> None:
     """check() with the organization lookup answered ``{"rows": null}`` says so in that line."""
     result = await world.attempt(
@@ -824,7 +755,6 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
 
 
-@defect(HUGE_SIZE)
 async def test_a_huge_page_size_claim_is_refused_without_exhausting_memory() -> None:
     """meta.size of 10^15 is not turned into 5·10^14 page requests (checked in a child process
     with a memory cap, since the failure mode is eating all the machine's memory)."""
