@@ -14,6 +14,8 @@ A handful of items is looked up by filter (``article=a;article=b`` is an OR); ma
 matched by paging the whole product list, 1000 rows a request, which costs far fewer requests
 than one per item. Values are compared exactly after trimming spaces. A value carried by two
 products is ambiguous: the item is left unmatched (and logged) rather than ordered blindly.
+A product row that cannot be read (not an object, no id or name) costs only its own item: it
+is skipped with a ``moysklad_product_row_skipped`` warning. A broken page fails the match.
 """
 
 from __future__ import annotations

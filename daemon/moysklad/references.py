@@ -3,6 +3,9 @@
 Config names them for people ("ООО «Бизнесмедиа»"); an id (UUID) is accepted too, for the
 rare account where two counterparties share a name. A name that matches nothing, or more than
 one entity, is a ``PermanentError`` naming what was looked for, so the operator can fix config.
+An answer that cannot be read (no rows list, a row without an id, name or matching meta.href,
+states missing or of an unknown type) is a ``TransientError`` (see ``answers.py``): an order
+must never point at an entity made up from a broken answer.
 """
 
 from __future__ import annotations
