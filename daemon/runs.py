@@ -262,6 +262,18 @@ class RunManager:
                 record.status = "failed"
                 record.reason = _reason(exc)
                 _log.error("run_failed", reason=record.reason)
+            except ExceptionGroup as group:
+                # concurrent reads (TaskGroup) fail together: an expected failure is the first
+                # hub error among them; anything else is a defect and handled as one below
+                expected, unexpected = group.split(HubError)
+                if expected is None or unexpected is not None:
+                    record.status = "failed"
+                    record.reason = "internal error: see hubd's log"
+                    _log.exception("run_crashed")
+                else:
+                    record.status = "failed"
+                    record.reason = _reason(_first_leaf(expected))
+                    _log.error("run_failed", reason=record.reason)
             except asyncio.CancelledError:
                 record.status = "failed"
                 record.reason = "hubd stopped during the run; nothing was enqueued"
@@ -338,6 +350,11 @@ def _plan_and_rows(
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _first_leaf(group: BaseExceptionGroup[HubError]) -> HubError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _reason(exc: HubError) -> str:

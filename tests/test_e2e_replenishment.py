@@ -132,3 +132,19 @@ async def test_failed_read_fails_the_run_and_enqueues_nothing(
     assert "401" in runs[0]["reason"]
     assert json.loads((await hub.ctl("--json", "outbox")).out)["entries"] == []
     assert await hub.stop() == 0
+
+
+async def test_failure_among_concurrent_reads_keeps_the_remote_reason(
+    sandboxes: Sandboxes, hub_factory: Any
+) -> None:
+    """МойСклад refusing the token while 1C is read concurrently fails the run with
+    МойСклад's own reason, not a generic internal error."""
+    sandboxes.moysklad.issue_token("hub@bisnesmedia")  # revokes the hub's token
+    hub = await _start(sandboxes, hub_factory)
+    result = await hub.ctl("run", "replenishment", "--follow", timeout=120)
+    assert result.code == 1
+    run = json.loads((await hub.ctl("--json", "runs")).out)["runs"][0]
+    assert run["status"] == "failed"
+    assert run["reason"].startswith("moysklad: ") and "401" in run["reason"], run["reason"]
+    assert json.loads((await hub.ctl("--json", "outbox")).out)["entries"] == []
+    assert await hub.stop() == 0
