@@ -23,13 +23,6 @@ from tests.hostile import HTML_PAGE, Edit, Replace, Spoiler, Truncate, hostile, 
 
 FINAL = {"delivered", "dead", "discarded"}
 DELIVERY_TIMEOUT_S = 60.0
-# Reported to the lead (issue #9): a connector error raised inside gather_inputs' TaskGroup
-# reaches RunManager._execute as an ExceptionGroup, so the run's reason is "internal error:
-# ExceptionGroup; see hubd's log" instead of the connector's own description.
-REASON_LOST = (
-    "daemon/replenishment.py gather_inputs: the asyncio.TaskGroup wraps the connector error in "
-    "an ExceptionGroup, which daemon/runs.py _execute (except HubError) does not unwrap"
-)
 
 
 @dataclass(frozen=True)
@@ -101,7 +94,6 @@ async def wait_final(hub: Any, run_id: str) -> list[dict[str, Any]]:
             await asyncio.sleep(0.3)
 
 
-@pytest.mark.xfail(strict=True, reason=REASON_LOST)
 @pytest.mark.parametrize("garbage", CASES)
 async def test_hubd_survives_a_garbage_answer_and_the_next_clean_run_succeeds(
     sandboxes: Sandboxes, hub_factory: Any, tmp_path: Path, garbage: Garbage
