@@ -83,9 +83,7 @@ class HubServices:
     async def open(cls, hub: Hub, db: Database, stack: AsyncExitStack) -> HubServices:
         config = hub.config
         secrets = hub.secrets
-        onec = await stack.enter_async_context(
-            OneCConnector(config.onec, secrets.onec_password)
-        )
+        onec = await stack.enter_async_context(OneCConnector(config.onec, secrets.onec_password))
         moysklad = await stack.enter_async_context(
             MoySkladConnector(config.moysklad, secrets.moysklad_token, secrets.moysklad_password)
         )

@@ -41,7 +41,8 @@ def render_config(sections: dict[str, dict[str, Any]]) -> str:
 
 
 def base_sections(
-    tmp_path: Path, onec_url: str = "http://127.0.0.1:9/ut/odata/standard.odata/",
+    tmp_path: Path,
+    onec_url: str = "http://127.0.0.1:9/ut/odata/standard.odata/",
     moysklad_url: str = "http://127.0.0.1:9/api/remap/1.2/",
 ) -> dict[str, dict[str, Any]]:
     """A complete config; unreachable systems by default (the daemon must still start)."""
@@ -179,7 +180,11 @@ async def _pump(stream: asyncio.StreamReader | None, into: list[bytes]) -> None:
 
 
 async def start_hub(config: Path, socket_path: Path, **env: str) -> HubProcess:
-    env = {"HUB_ONEC_PASSWORD": ONEC_TEST_PASSWORD, "HUB_MOYSKLAD_TOKEN": MOYSKLAD_TEST_TOKEN, **env}
+    env = {
+        "HUB_ONEC_PASSWORD": ONEC_TEST_PASSWORD,
+        "HUB_MOYSKLAD_TOKEN": MOYSKLAD_TEST_TOKEN,
+        **env,
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "daemon", "run", "--config", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -236,9 +241,7 @@ async def sandboxes(tmp_path: Path) -> AsyncIterator[Sandboxes]:
 
     dataset = build_demo_dataset(n_items=300, seed=42)
     onec = OneCSandbox(dataset, username="hub", password=ONEC_TEST_PASSWORD)
-    moysklad = MoySkladSandbox(
-        dataset.moysklad_products, token=MOYSKLAD_TEST_TOKEN, weight=1
-    )
+    moysklad = MoySkladSandbox(dataset.moysklad_products, token=MOYSKLAD_TEST_TOKEN, weight=1)
     async with (
         run_onec_sandbox(onec) as onec_url,
         run_moysklad_sandbox(moysklad) as moysklad_url,

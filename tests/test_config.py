@@ -41,9 +41,21 @@ BAD_CONFIGS: list[tuple[str, Any, str]] = [
     ("unknown key", lambda s: s["hub"].update(colour="red"), "hub.colour"),
     ("unknown section", lambda s: s.update(extra={"a": 1}), "extra"),
     ("wrong type", lambda s: s["outbox"].update(interval_s="soon"), "outbox.interval_s"),
-    ("bad cron", lambda s: s["jobs.replenishment"].update(cron="61 9 * * *"), "jobs.replenishment.cron"),  # noqa: E501
-    ("six-field cron", lambda s: s["jobs.replenishment"].update(cron="0 0 9 * * 1-5"), "jobs.replenishment.cron"),  # noqa: E501
-    ("unknown zone", lambda s: s["jobs.replenishment"].update(timezone="Europe/Atlantis"), "jobs.replenishment.timezone"),  # noqa: E501
+    (
+        "bad cron",
+        lambda s: s["jobs.replenishment"].update(cron="61 9 * * *"),
+        "jobs.replenishment.cron",
+    ),
+    (
+        "six-field cron",
+        lambda s: s["jobs.replenishment"].update(cron="0 0 9 * * 1-5"),
+        "jobs.replenishment.cron",
+    ),
+    (
+        "unknown zone",
+        lambda s: s["jobs.replenishment"].update(timezone="Europe/Atlantis"),
+        "jobs.replenishment.timezone",
+    ),
     ("bad url", lambda s: s["onec"].update(base_url="not a url"), "onec.base_url"),
     ("password in file", lambda s: s["onec"].update(password="hunter2"), "onec.password"),
     ("token in file", lambda s: s["moysklad"].update(token="abc"), "moysklad.token"),
@@ -53,8 +65,16 @@ BAD_CONFIGS: list[tuple[str, Any, str]] = [
     ("plaintext tcp", lambda s: s["control"].update(tcp_listen="0.0.0.0:50051"), "control"),
     ("negative", lambda s: s["outbox"].update(max_attempts=0), "outbox.max_attempts"),
     ("bad enum", lambda s: s["moysklad"].update(match_key="barcode"), "moysklad.match_key"),
-    ("bad overlap", lambda s: s["jobs.replenishment"].update(overlap="queue"), "jobs.replenishment.overlap"),  # noqa: E501
-    ("duplicate donors", lambda s: s["[[replenishment.targets]]"].update(donors=["A", "A"]), "replenishment.targets[0].donors"),  # noqa: E501
+    (
+        "bad overlap",
+        lambda s: s["jobs.replenishment"].update(overlap="queue"),
+        "jobs.replenishment.overlap",
+    ),
+    (
+        "duplicate donors",
+        lambda s: s["[[replenishment.targets]]"].update(donors=["A", "A"]),
+        "replenishment.targets[0].donors",
+    ),
 ]
 
 

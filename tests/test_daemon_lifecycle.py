@@ -22,7 +22,9 @@ async def _start(tmp_path: Path, hub_factory: Any, notify: NotifySocket, **env: 
     return hub
 
 
-async def test_start_ready_status_sigterm(tmp_path: Path, hub_factory: Any, notify_socket: NotifySocket) -> None:  # noqa: E501
+async def test_start_ready_status_sigterm(
+    tmp_path: Path, hub_factory: Any, notify_socket: NotifySocket
+) -> None:
     """READY comes after the socket listens; status answers; SIGTERM exits 0 within 5 s."""
     hub = await _start(tmp_path, hub_factory, notify_socket)
     result = await hub.ctl("status")
@@ -39,7 +41,9 @@ async def test_start_ready_status_sigterm(tmp_path: Path, hub_factory: Any, noti
     assert not (tmp_path / "hubd.sock").exists()
 
 
-async def test_socket_is_not_world_accessible(tmp_path: Path, hub_factory: Any, notify_socket: NotifySocket) -> None:  # noqa: E501
+async def test_socket_is_not_world_accessible(
+    tmp_path: Path, hub_factory: Any, notify_socket: NotifySocket
+) -> None:
     """The control socket is created 0660: owner and group only."""
     hub = await _start(tmp_path, hub_factory, notify_socket)
     mode = stat.S_IMODE(os.stat(tmp_path / "hubd.sock").st_mode)
@@ -81,7 +85,9 @@ async def _wait_log(hub: Any, event: str, timeout: float = 10.0) -> str:
             await asyncio.sleep(0.05)
 
 
-async def test_watchdog_pings_at_half_the_interval(tmp_path: Path, hub_factory: Any, notify_socket: NotifySocket) -> None:  # noqa: E501
+async def test_watchdog_pings_at_half_the_interval(
+    tmp_path: Path, hub_factory: Any, notify_socket: NotifySocket
+) -> None:
     """With WATCHDOG_USEC=400000 the daemon sends WATCHDOG=1 about every 0.2 s."""
     hub = await _start(tmp_path, hub_factory, notify_socket, WATCHDOG_USEC="400000")
     await asyncio.sleep(1.0)
@@ -113,8 +119,8 @@ async def test_logs_follow_gets_new_events_and_ends_with_the_daemon(
     """hubctl logs -f prints events emitted after it connected and exits when hubd stops."""
     hub = await _start(tmp_path, hub_factory, notify_socket)
     follower = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "client.cli", "--socket", str(hub.socket_path), "--json", "logs", "-n",
-        "0", "-f", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "client.cli", "--socket", str(hub.socket_path), "--json", "logs",
+        "-n", "0", "-f", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     await asyncio.sleep(1.0)  # let it connect
     reply = await hub.ctl("reload")  # emits config_reloaded
@@ -133,10 +139,15 @@ async def test_hubctl_without_daemon_exits_69_with_one_line(tmp_path: Path) -> N
     """No daemon: one clear line and exit status 69, never a traceback."""
     result = await hubctl(tmp_path / "nothing.sock", "status")
     assert result.code == 69
-    assert result.err.strip() == f"hubctl: cannot reach hubd at {tmp_path / 'nothing.sock'}: is it running?"  # noqa: E501
+    assert (
+        result.err.strip()
+        == f"hubctl: cannot reach hubd at {tmp_path / 'nothing.sock'}: is it running?"
+    )
 
 
-async def test_stale_socket_from_a_crash_is_replaced(tmp_path: Path, hub_factory: Any, notify_socket: NotifySocket) -> None:  # noqa: E501
+async def test_stale_socket_from_a_crash_is_replaced(
+    tmp_path: Path, hub_factory: Any, notify_socket: NotifySocket
+) -> None:
     """A socket file left by a killed daemon does not stop the next start."""
     hub = await _start(tmp_path, hub_factory, notify_socket)
     hub.proc.kill()

@@ -66,8 +66,11 @@ async def test_no_secret_anywhere_after_good_and_failing_runs(
     for entry in json.loads((await hub.ctl("--json", "outbox")).out)["entries"]:
         await ctl("outbox", "show", str(entry["id"]))
         await ctl("--json", "outbox", "show", str(entry["id"]))
-    for args in (("status",), ("--json", "status"), ("outbox",), ("schedules",), ("--json", "check"),
-                 ("logs", "-n", "10000"), ("--json", "logs", "-n", "10000"), ("reload",)):  # fmt: skip
+    commands = [
+        ("status",), ("--json", "status"), ("outbox",), ("schedules",), ("--json", "check"),
+        ("logs", "-n", "10000"), ("--json", "logs", "-n", "10000"), ("reload",),
+    ]  # fmt: skip
+    for args in commands:
         await ctl(*args)
     assert await hub.stop() == 0
 

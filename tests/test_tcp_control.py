@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -74,10 +73,11 @@ async def test_tcp_listener_without_token_refuses_to_start(tmp_path: Path) -> No
     config = write_config(tmp_path / "config.toml", sections)
     env = child_env(HUB_ONEC_PASSWORD="x", HUB_MOYSKLAD_TOKEN="y")
     env.pop("HUB_GRPC_TOKEN", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon", "run", "--config", str(config)],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=60,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon", "run", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=REPO,
     )  # fmt: skip
-    assert result.returncode == 78, result.stderr
-    assert "HUB_GRPC_TOKEN" in result.stderr
-    assert not os.path.exists(tmp_path / "hubd.sock")
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 78, err
+    assert b"HUB_GRPC_TOKEN" in err
+    assert not (tmp_path / "hubd.sock").exists()
