@@ -154,8 +154,15 @@ def dumps(payload: Any) -> bytes:
 
 
 def loads(body: bytes) -> Any:
-    """JSON with every fractional number as ``Decimal`` (stock is never a float here)."""
-    return json.loads(body, parse_float=Decimal)
+    """JSON with every fractional number as ``Decimal`` (stock is never a float here).
+
+    ``NaN``/``Infinity`` are not JSON (Python's parser accepts them): an answer carrying them
+    is refused whole, like any other body that is not JSON (``ValueError``)."""
+    return json.loads(body, parse_float=Decimal, parse_constant=_not_json)
+
+
+def _not_json(literal: str) -> Any:
+    raise ValueError(f"{literal} is not a JSON value")
 
 
 def parse_error(body: bytes) -> tuple[str | None, str | None]:

@@ -34,12 +34,18 @@ from daemon.errors import (
     TransientError,
 )
 from daemon.onec import odata
+from daemon.onec.answers import MALFORMED, SYSTEM
 from daemon.onec.settings import OneCSettings
 
 log = structlog.get_logger(__name__)
 
-SYSTEM = "1c"
 _TRANSIENT_STATUS = {429, 502, 503, 504}
+# A /$count only says how far to read. Pages are asked for at most PAGE_WINDOW at a time (the
+# semaphore still caps what is in flight), a count over MAX_ROWS is refused, and past the count
+# (rows added while reading) at most EXTRA_PAGES more pages are read.
+PAGE_WINDOW = 64
+MAX_ROWS = 10_000_000
+EXTRA_PAGES = 1000
 
 
 class ODataTransport:
@@ -125,9 +131,11 @@ class ODataTransport:
         body = await self.get(relative, what=what)
         try:
             return odata.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise PermanentError(
-                f"1C answered {what} with something that is not JSON", system=SYSTEM
+                f"1C answered {what} with something that is not JSON",
+                system=SYSTEM,
+                code=MALFORMED,
             ) from exc
 
     async def count(self, set_name: str, where: str, *, what: str) -> int:
@@ -136,8 +144,13 @@ class ODataTransport:
         relative = self.url(f"{set_name}/$count", [("$format", "json"), *filters])
         text = (await self.get(relative, what=f"{what} (count)")).decode("utf-8", "replace")
         text = text.strip().strip('"')
-        if not text.isdigit():
-            raise PermanentError(f"1C answered {what} (count) with {text[:40]!r}", system=SYSTEM)
+        # ASCII digits only ("²".isdigit() is true), and short enough for int() to take.
+        if not (text.isascii() and text.isdigit() and len(text) <= 18):
+            raise PermanentError(
+                f"1C answered {what} (count) with {text[:40]!r}, not a row count",
+                system=SYSTEM,
+                code=MALFORMED,
+            )
         return int(text)
 
     async def get_all(
@@ -159,47 +172,98 @@ class ODataTransport:
         there are. ``large`` asks for the count together with the first page (one round trip
         less when the set surely spans pages); a known ``count`` skips asking. ``convert``
         turns each page's rows into records (one per row) as soon as that page arrives, so the
-        work overlaps the other pages' round trips instead of following them."""
+        work overlaps the other pages' round trips instead of following them.
+
+        The count only says how far to read, never how much work to plan at once: pages are
+        asked for in windows of ``PAGE_WINDOW`` and a count over ``MAX_ROWS`` is refused. The
+        count and the pages must agree: a short page before the last one, or an empty page
+        where the count says rows are (a row list lost or cut on the way, a count far too
+        large), is a ``TransientError``."""
         size = self._settings.page_size
         filters = [("$filter", where)] if where else []
         params = [("$format", "json"), *filters, ("$select", ",".join(select))]
         params.append(("$orderby", ",".join(orderby)))
 
-        async def page(index: int) -> list[Any]:
+        async def page(index: int) -> tuple[int, list[Any]]:
+            """(rows 1C sent, records kept): ``convert`` may skip a row, a page is judged
+            full or short by what 1C sent."""
             relative = self.url(
                 set_name, [*params, ("$top", str(size)), ("$skip", str(index * size))]
             )
             answer = await self.get_json(relative, what=f"{what} (page {index + 1})")
             rows = rows_of(answer, what)
-            return convert(rows) if convert is not None else rows
+            if len(rows) > size:
+                raise PermanentError(
+                    f"1C answered {what} (page {index + 1}) with {len(rows)} rows, more than "
+                    f"the $top={size} asked for",
+                    system=SYSTEM,
+                    code=MALFORMED,
+                )
+            return len(rows), (convert(rows) if convert is not None else rows)
 
-        rows: list[Any] = []
-        fetched = 0  # pages already in ``rows``
+        def disagree(index: int, sent: int) -> TransientError:
+            # Rows removed while the pages were read can do this too, so a later read may
+            # well succeed; a row list lost or cut on the way does it every time.
+            return TransientError(
+                f"1C counts {count} rows of {what} but sent {sent} on page {index + 1} of "
+                f"{-(-(count or 0) // size)} pages: the set changed while it was read, or the "
+                "answer is broken",
+                system=SYSTEM,
+            )
+
+        records: list[Any] = []
+        read = index = 0  # rows 1C sent, pages read
         if count is None:
             if large:
                 async with task_group() as group:
                     first = group.create_task(page(0))
                     counted = group.create_task(self.count(set_name, where, what=what))
-                rows, count = first.result(), counted.result()
+                (read, records), count = first.result(), counted.result()
             else:
-                rows = await page(0)
-                if len(rows) < size:
-                    return rows
+                read, records = await page(0)
+                if read < size:
+                    return records
                 count = await self.count(set_name, where, what=what)
-            fetched = 1
-            if len(rows) < size:
-                return rows
-        pages = -(-count // size)
-        async with task_group() as group:
-            tasks = [group.create_task(page(index)) for index in range(fetched, pages)]
-        for task in tasks:
-            rows.extend(task.result())
+            index = 1
+            if read < size:  # the first page is the last
+                if (read == 0 and count > 0) or count > size:
+                    raise disagree(0, read)
+                return records
+        if count > MAX_ROWS:
+            raise PermanentError(
+                f"1C counts {count} rows of {what}, more than the hub reads ({MAX_ROWS})",
+                system=SYSTEM,
+                code=MALFORMED,
+            )
+        # A count handed in is only a hint: the first page is read even when it says 0.
+        planned = max(-(-count // size), 1 - index)
+        while index < planned:
+            window = range(index, min(planned, index + PAGE_WINDOW))
+            async with task_group() as group:
+                tasks = [group.create_task(page(number)) for number in window]
+            for number, task in zip(window, tasks, strict=True):
+                sent, kept = task.result()
+                # Every page before the last is full, and the last one holds something.
+                if (sent < size and number < planned - 1) or (not sent and number * size < count):
+                    raise disagree(number, sent)
+                read += sent
+                records.extend(kept)
+            index = window.stop
         # More rows than counted: some were added meanwhile; read on while pages come full.
-        index = max(pages, fetched)
-        while len(rows) > count and len(rows) >= index * size and index < pages + 1000:
-            rows.extend(await page(index))
+        extra = 0
+        while read > count and read == index * size:
+            if extra == EXTRA_PAGES:
+                raise PermanentError(
+                    f"1C keeps sending full pages of {what} past the {count} rows it counted",
+                    system=SYSTEM,
+                    code=MALFORMED,
+                )
+            sent, kept = await page(index)
+            read += sent
+            records.extend(kept)
             index += 1
-        return rows
+            extra += 1
+        return records
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -303,5 +367,7 @@ def rows_of(answer: Any, what: str) -> list[Any]:
     """The ``value`` list of a collection answer."""
     value = answer.get("value") if isinstance(answer, dict) else None
     if not isinstance(value, list):
-        raise PermanentError(f"1C answered {what} without a 'value' list", system=SYSTEM)
+        raise PermanentError(
+            f"1C answered {what} without a 'value' list", system=SYSTEM, code=MALFORMED
+        )
     return value
