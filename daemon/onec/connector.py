@@ -25,7 +25,8 @@ from pydantic import SecretStr
 
 from daemon.errors import ConnectorError, PermanentError
 from daemon.model import DeliveredDocument, Item, Norm, TransferOrderDocument, Warehouse
-from daemon.onec import catalogs, transfers
+from daemon.onec import catalogs, open_transfers, transfers
+from daemon.onec.answers import SYSTEM
 from daemon.onec.metadata import (
     OneCSchema,
     ServiceMetadata,
@@ -37,7 +38,7 @@ from daemon.onec.metadata import (
 from daemon.onec.norms import read_norms
 from daemon.onec.settings import OneCSettings
 from daemon.onec.stock import read_free_stock
-from daemon.onec.transport import SYSTEM, ODataTransport, since
+from daemon.onec.transport import ODataTransport, since
 from daemon.ports import CheckResult, OpenTransferLine
 
 log = structlog.get_logger(__name__)
@@ -129,7 +130,7 @@ class OneCConnector:
 
     async def read_open_transfers(self, receiver_keys: Sequence[str]) -> list[OpenTransferLine]:
         await self.load_metadata()
-        return await transfers.read_open_transfers(
+        return await open_transfers.read_open_transfers(
             self._transport, receiver_keys, max_url_bytes=self._settings.max_url_bytes
         )
 

@@ -1,4 +1,4 @@
-"""«Заказ на перемещение»: deliver one idempotently, and read what the hub's open ones still owe.
+"""«Заказ на перемещение»: deliver one idempotently (create, post, verify).
 
 Delivery (reference §3.5–3.7, §4 pitfalls 8–11):
 
@@ -12,35 +12,35 @@ Delivery (reference §3.5–3.7, §4 pitfalls 8–11):
    with what was sent (1C silently accepts and stores surprising things). Any transient failure
    after the order exists is reported as ``OutcomeUnknownError`` so the retry looks it up first.
 
-Outstanding quantities (``read_open_transfers``) come from the balance of
-``AccumulationRegister_ЗаказыНаПеремещение``, resource ``КОформлению`` — what the order still
-expects to be formalised by a transfer — over the hub's own posted, open, not deleted orders
-to the receivers (marker ``bisnesmedia-hub`` in ``Комментарий``), per sender, receiver and
-item. A closed order (``Статус = Закрыт``) is left out even if a balance remained.
+No answer is trusted for more than it can show (``daemon.onec.order_answers``): a create answer
+that is not the new, unposted order with the Ref_Key sent is not believed and the order is
+looked up instead; a lookup or re-read answer that cannot be read is ``OutcomeUnknownError``, so
+an order that exists is never dead-lettered for a garbled answer, nor created twice.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import structlog
 
-from daemon.errors import OutcomeUnknownError, PermanentError, TransientError
+from daemon.errors import ConnectorError, OutcomeUnknownError, PermanentError, TransientError
 from daemon.model import EMPTY_GUID, DeliveredDocument, TransferOrderDocument
 from daemon.onec import odata
-from daemon.onec.metadata import ORDER, ORDER_BALANCES, ORDER_LINES, OneCSchema
-from daemon.onec.norms import decimal
-from daemon.onec.transport import SYSTEM, ODataTransport, rows_of, task_group
-from daemon.ports import OpenTransferLine
+from daemon.onec.answers import SYSTEM, field_shape, malformed, row_label, text
+from daemon.onec.metadata import ORDER, ORDER_LINES, OneCSchema
+from daemon.onec.order_answers import (
+    OrderState,
+    StoredOrder,
+    differences,
+    order_state,
+    stored_order,
+)
+from daemon.onec.transport import ODataTransport, rows_of
 
 log = structlog.get_logger(__name__)
-
-HUB_MARKER = "bisnesmedia-hub"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,18 +105,45 @@ def _marked(comment: str, doc: TransferOrderDocument) -> bool:
     return comment.strip() == doc.comment.strip() or f"key={doc.idempotency_key}" in comment.split()
 
 
-async def find_order(
-    transport: ODataTransport, doc: TransferOrderDocument
-) -> dict[str, Any] | None:
-    """The order this document became, if it exists: by Ref_Key, else by the marker."""
+def _unknown(message: str, exc: ConnectorError) -> OutcomeUnknownError:
+    """``exc`` (met once the order may exist) as the error that makes the retry look it up."""
+    return OutcomeUnknownError(
+        f"{message}: {exc}",
+        system=SYSTEM,
+        status=exc.status,
+        code=exc.code,
+        remote_message=exc.remote_message,
+    )
+
+
+async def find_order(transport: ODataTransport, doc: TransferOrderDocument) -> OrderState | None:
+    """The order this document became, if it exists: by Ref_Key, else by the marker.
+
+    None only when both lookups answer clearly that there is none; any failure, or an answer
+    that cannot be read, is ``OutcomeUnknownError`` (the order may exist)."""
     try:
-        row: dict[str, Any] = await transport.get_json(
-            _entity_url(transport, doc.ref_key), what="transfer order lookup"
-        )
-        return row
+        return await _find(transport, doc)
+    except OutcomeUnknownError:
+        raise
+    except ConnectorError as exc:
+        raise _unknown(f"looking up transfer order {doc.ref_key} failed", exc) from exc
+
+
+async def _find(transport: ODataTransport, doc: TransferOrderDocument) -> OrderState | None:
+    what = "transfer order lookup"
+    try:
+        answer = await transport.get_json(_entity_url(transport, doc.ref_key), what=what)
     except PermanentError as exc:
         if exc.status != 404:
             raise
+    else:
+        state = order_state(answer)
+        if isinstance(state, str):
+            raise malformed(what, state)
+        if state.ref_key.lower() != doc.ref_key.lower():
+            raise malformed(what, f"it describes order {state.ref_key}, not {doc.ref_key}")
+        return state
+    what = "transfer order lookup by marker"
     where = odata.all_of(
         f"Date ge {odata.datetime_literal(doc.date - timedelta(days=1))}",
         odata.substringof(doc.idempotency_key, "Комментарий"),
@@ -126,19 +153,46 @@ async def find_order(
         where=where,
         select=("Ref_Key", "Number", "Posted", "DeletionMark", "Комментарий"),
         orderby=("Ref_Key",),
-        what="transfer order lookup by marker",
+        what=what,
     )
-    matches: list[dict[str, Any]] = [r for r in rows if _marked(r.get("Комментарий") or "", doc)]
+    matches: list[OrderState] = []
+    for row in rows:
+        comment = text(row.get("Комментарий")) if isinstance(row, dict) else None
+        if comment is None:
+            label = row_label(row, "Ref_Key")
+            raise malformed(what, f"{label}: Комментарий is {field_shape(row, 'Комментарий')}")
+        if _marked(comment, doc):
+            state = order_state(row)
+            if isinstance(state, str):
+                raise malformed(what, state)
+            matches.append(state)
     if not matches:
         return None
     if len(matches) > 1:
         log.warning(
             "onec_transfer_duplicates",
             idempotency_key=doc.idempotency_key,
-            ref_keys=[r["Ref_Key"] for r in matches],
+            ref_keys=[state.ref_key for state in matches],
         )
-    matches.sort(key=lambda r: (bool(r.get("DeletionMark")), not r.get("Posted")))
+    matches.sort(key=lambda state: (state.deleted, not state.posted))
     return matches[0]
+
+
+def _created(body: bytes, doc: TransferOrderDocument) -> OrderState | str:
+    """The new order a create answer describes, or why it cannot be believed: a new order has
+    the Ref_Key that was sent, is not posted yet and not marked for deletion."""
+    try:
+        answer = odata.loads(body)
+    except (ValueError, RecursionError):
+        return "the answer is not JSON"
+    state = order_state(answer)
+    if isinstance(state, str):
+        return state
+    if state.ref_key.lower() != doc.ref_key.lower():
+        return f"it describes order {state.ref_key}, not the {doc.ref_key} sent"
+    if state.posted or state.deleted:
+        return "it says a new order is already posted or marked for deletion"
+    return state
 
 
 async def deliver(
@@ -154,7 +208,7 @@ async def deliver(
     created_now = False
     if found is None:
         try:
-            _, body, _ = await transport.send(
+            status, body, _ = await transport.send(
                 "POST",
                 transport.url(ORDER, [("$format", "json")]),
                 order_body(doc, schema, ctx),
@@ -165,73 +219,70 @@ async def deliver(
             found = await find_order(transport, doc)
             if found is None:
                 raise
-            log.info("onec_transfer_found", ref_key=found["Ref_Key"], after="refused create")
+            log.info("onec_transfer_found", ref_key=found.ref_key, after="refused create")
         else:
             created_now = True
-            try:
-                found = odata.loads(body)
-            except ValueError:
-                found = None
-            if not isinstance(found, dict):
-                # 201 without a readable body: the order exists; read it back by its key.
+            created = _created(body, doc)
+            if isinstance(created, str):
+                # The order exists (1C said 2xx) but the answer cannot be believed: read it.
+                log.warning(
+                    "onec_transfer_create_answer_unusable", ref_key=doc.ref_key, reason=created
+                )
                 found = await find_order(transport, doc)
                 if found is None:
                     raise OutcomeUnknownError(
-                        "1C answered the create with 201 but the order cannot be found",
+                        f"1C answered the create with {status} but the order cannot be found",
                         system=SYSTEM,
-                        status=201,
+                        status=status,
                     )
+            else:
+                found = created
             log.info(
                 "onec_transfer_created",
-                ref_key=found.get("Ref_Key"),
-                number=found.get("Number"),
+                ref_key=found.ref_key,
+                number=found.number,
                 lines=len(doc.lines),
             )
     else:
-        log.info("onec_transfer_found", ref_key=found["Ref_Key"], after="lookup")
-    ref_key = str(found.get("Ref_Key") or "")
-    if not odata.is_guid(ref_key):
-        raise PermanentError("1C answered the create without a Ref_Key", system=SYSTEM)
+        log.info("onec_transfer_found", ref_key=found.ref_key, after="lookup")
     try:
         return await _post_and_verify(transport, doc, found, created_now)
     except OutcomeUnknownError:
         raise
     except TransientError as exc:
-        raise OutcomeUnknownError(
-            f"transfer order {ref_key} exists in 1C but posting or verifying it failed",
-            system=SYSTEM,
-            status=exc.status,
-            code=exc.code,
-            remote_message=exc.remote_message,
+        raise _unknown(
+            f"transfer order {found.ref_key} exists in 1C but posting or verifying it failed", exc
         ) from exc
 
 
 async def _post_and_verify(
-    transport: ODataTransport,
-    doc: TransferOrderDocument,
-    found: dict[str, Any],
-    created_now: bool,
+    transport: ODataTransport, doc: TransferOrderDocument, found: OrderState, created_now: bool
 ) -> DeliveredDocument:
-    ref_key = found["Ref_Key"]
-    label = f"transfer order {found.get('Number') or ref_key}"
-    if found.get("DeletionMark"):
+    ref_key, label = found.ref_key, found.label
+    if found.deleted:
         raise PermanentError(
             f"{label} is marked for deletion in 1C; the hub will neither post nor recreate it",
             system=SYSTEM,
             code="deleted",
         )
-    if not found.get("Posted"):
+    if not found.posted:
         await transport.send(
             "POST", _entity_url(transport, ref_key, "Post"), None, what=f"posting {label}"
         )
         log.info("onec_transfer_posted", ref_key=ref_key)
-    row = await transport.get_json(_entity_url(transport, ref_key), what=f"re-reading {label}")
-    lines = row.get("Товары")
-    if not isinstance(lines, list):
-        where = odata.eq("Ref_Key", odata.guid(ref_key))
-        relative = transport.url(ORDER_LINES, [("$format", "json"), ("$filter", where)])
-        lines = rows_of(await transport.get_json(relative, what=f"lines of {label}"), "lines")
-    problems = _differences(doc, row, lines)
+    try:
+        stored = await _reread(transport, ref_key, label)
+    except TransientError:
+        raise
+    except ConnectorError as exc:
+        # The order exists; an answer about it that cannot be used says nothing about it.
+        raise _unknown(f"{label} exists in 1C but re-reading it failed", exc) from exc
+    if stored.state.number != found.number:
+        raise OutcomeUnknownError(
+            f"1C gave {label} two numbers ({found.number!r}, then {stored.state.number!r})",
+            system=SYSTEM,
+        )
+    problems = differences(doc, stored)
     if problems:
         raise PermanentError(
             f"{label} in 1C differs from what the hub sent: " + "; ".join(problems),
@@ -239,98 +290,20 @@ async def _post_and_verify(
             code="verify",
         )
     return DeliveredDocument(
-        external_id=ref_key, number=str(row.get("Number") or ""), created_now=created_now
+        external_id=ref_key, number=stored.state.number, created_now=created_now
     )
 
 
-def _differences(doc: TransferOrderDocument, row: dict[str, Any], lines: list[Any]) -> list[str]:
-    problems = []
-    if row.get("Posted") is not True:
-        problems.append("it is not posted")
-    if row.get("DeletionMark"):
-        problems.append("it is marked for deletion")
-    for field, wanted in (
-        ("СкладОтправитель_Key", doc.sender_key),
-        ("СкладПолучатель_Key", doc.receiver_key),
-    ):
-        if str(row.get(field, "")).lower() != wanted.lower():
-            problems.append(f"{field} is {row.get(field)} instead of {wanted}")
-    sent: dict[str, tuple[Decimal, Decimal]] = {}
-    for line in doc.lines:
-        quantity, packages = sent.get(line.item_key, (Decimal(0), Decimal(0)))
-        sent[line.item_key] = (quantity + line.quantity, packages + line.packages)
-    stored: dict[str, tuple[Decimal, Decimal]] = {}
-    for line in lines:
-        key = str(line.get("Номенклатура_Key", "")).lower()
-        quantity, packages = stored.get(key, (Decimal(0), Decimal(0)))
-        stored[key] = (
-            quantity + decimal(line.get("Количество")),
-            packages + decimal(line.get("КоличествоУпаковок")),
-        )
-    for item_key, (quantity, packages) in sent.items():
-        got = stored.pop(item_key.lower(), None)
-        if got is None:
-            problems.append(f"item {item_key} is missing")
-        elif got != (quantity, packages):
-            problems.append(
-                f"item {item_key}: {got[0]} ({got[1]} packages) instead of {quantity} ({packages})"
-            )
-    problems += [f"unexpected item {key}" for key in stored]
-    return problems
-
-
-async def read_open_transfers(
-    transport: ODataTransport, receiver_keys: Sequence[str], *, max_url_bytes: int
-) -> list[OpenTransferLine]:
-    """What the hub's open transfer orders to the receivers still owe, per sender and item."""
-    if not receiver_keys:
-        return []
-    where = odata.all_of(
-        odata.any_of("СкладПолучатель_Key", [odata.guid(k) for k in receiver_keys]),
-        "Posted eq true",
-        "DeletionMark eq false",
-        f"Статус ne {odata.literal('Закрыт')}",
-        odata.substringof(HUB_MARKER, "Комментарий"),
-    )
-    orders = await transport.get_all(
-        ORDER,
-        where=where,
-        select=("Ref_Key", "Комментарий", "СкладОтправитель_Key", "СкладПолучатель_Key"),
-        orderby=("Ref_Key",),
-        what="open hub transfer orders",
-    )
-    route = {
-        str(o["Ref_Key"]).lower(): (str(o["СкладОтправитель_Key"]), str(o["СкладПолучатель_Key"]))
-        for o in orders
-        if HUB_MARKER in (o.get("Комментарий") or "")
-    }
-    keys = [odata.guid(key) for key in route]
-    if not keys:
-        return []
-
-    def render(run: Sequence[str]) -> str:
-        condition = " or ".join(odata.eq("ЗаказНаПеремещение_Key", key) for key in run)
-        path = f"{ORDER_BALANCES}/" + odata.call(
-            "Balance", Condition=condition, Dimensions="ЗаказНаПеремещение,Номенклатура"
-        )
-        select = "ЗаказНаПеремещение_Key,Номенклатура_Key,КОформлениюBalance"
-        return odata.relative_url(path, [("$format", "json"), ("$select", select)])
-
-    tasks: list[asyncio.Task[Any]] = []
-    async with task_group() as group:
-        for run in odata.batches(keys, render, max_url_bytes):
-            relative = transport.checked(render(run))
-            tasks.append(group.create_task(transport.get_json(relative, what="transfer balances")))
-    outstanding: dict[tuple[str, str, str], Decimal] = {}
-    for task in tasks:
-        for row in rows_of(task.result(), "transfer balances"):
-            amount = decimal(row.get("КОформлениюBalance"))
-            sender_receiver = route.get(str(row.get("ЗаказНаПеремещение_Key", "")).lower())
-            if amount > 0 and sender_receiver is not None:
-                key = (*sender_receiver, str(row["Номенклатура_Key"]))
-                outstanding[key] = outstanding.get(key, Decimal(0)) + amount
-    log.info("onec_read", what="open_transfers", orders=len(keys), lines=len(outstanding))
-    return [
-        OpenTransferLine(sender, receiver, item, qty)
-        for (sender, receiver, item), qty in sorted(outstanding.items())
-    ]
+async def _reread(transport: ODataTransport, ref_key: str, label: str) -> StoredOrder:
+    """The order as 1C stores it now, its lines read separately if the answer lacks them."""
+    what = f"re-reading {label}"
+    row = await transport.get_json(_entity_url(transport, ref_key), what=what)
+    lines = row.get("Товары") if isinstance(row, dict) else None
+    if isinstance(row, dict) and not isinstance(lines, list):
+        where = odata.eq("Ref_Key", odata.guid(ref_key))
+        relative = transport.url(ORDER_LINES, [("$format", "json"), ("$filter", where)])
+        lines = rows_of(await transport.get_json(relative, what=f"lines of {label}"), "lines")
+    stored = stored_order(row, lines, ref_key)
+    if isinstance(stored, str):
+        raise malformed(what, stored)
+    return stored
