@@ -3,6 +3,12 @@
 Names are matched by 1C itself (``Description eq '…'``, which compares case-insensitively like
 every 1C query); a name that matches no live warehouse, or more than one, is a PermanentError
 that says what to do. Deleted warehouses and folders never match.
+
+Rows are checked before use (``daemon.onec.answers``): a warehouse, organization or priority
+row without a GUID ``Ref_Key``, a text ``Description`` or boolean flags fails the lookup, since
+guessing there could pick the wrong warehouse. An item row without them is skipped with a
+warning (``onec_item_skipped``): it costs only its own item. An item "row" that is not even an
+object means the row list itself is broken, and fails the read.
 """
 
 from __future__ import annotations
@@ -16,8 +22,19 @@ import structlog
 from daemon.errors import PermanentError
 from daemon.model import Item, Warehouse
 from daemon.onec import odata
+from daemon.onec.answers import (
+    SYSTEM,
+    field_shape,
+    flag,
+    guid_text,
+    malformed,
+    row_label,
+    shape,
+    text,
+    valid_key,
+)
 from daemon.onec.metadata import ITEMS, ORGANIZATIONS, PRIORITIES, WAREHOUSES
-from daemon.onec.transport import SYSTEM, ODataTransport, rows_of, since
+from daemon.onec.transport import ODataTransport, rows_of, since
 
 log = structlog.get_logger(__name__)
 
@@ -68,26 +85,28 @@ async def resolve_warehouses(
                 await transport.get_json(relative, what="warehouses by name"), "warehouses"
             )
 
+    for row in rows:
+        _check_catalog_row(row, "warehouses", flags=("IsFolder", "DeletionMark"))
     found: dict[str, Warehouse] = {}
     for name in by_key:
-        key = pinned[name]
-        row = next((r for r in rows if str(r.get("Ref_Key", "")).lower() == key.lower()), None)
-        if not odata.is_guid(key):
+        pinned_key = pinned[name]
+        if not odata.is_guid(pinned_key):
             continue
+        row = next((r for r in rows if r["Ref_Key"].lower() == pinned_key.lower()), None)
         if row is None:
-            problems.append(f"warehouse {name!r}: pinned Ref_Key {key} does not exist in 1C")
-        elif row.get("IsFolder") or row.get("DeletionMark"):
-            kind = "a folder" if row.get("IsFolder") else "marked for deletion"
-            problems.append(f"warehouse {name!r}: pinned Ref_Key {key} is {kind}")
+            problems.append(f"warehouse {name!r}: pinned Ref_Key {pinned_key} does not exist in 1C")
+        elif row["IsFolder"] or row["DeletionMark"]:
+            kind = "a folder" if row["IsFolder"] else "marked for deletion"
+            problems.append(f"warehouse {name!r}: pinned Ref_Key {pinned_key} is {kind}")
         else:
             found[name] = Warehouse(key=row["Ref_Key"], name=row["Description"])
     for name in by_name:
         matches = [
             r
             for r in rows
-            if str(r.get("Description", "")).casefold() == name.casefold()
-            and not r.get("IsFolder")
-            and not r.get("DeletionMark")
+            if r["Description"].casefold() == name.casefold()
+            and not r["IsFolder"]
+            and not r["DeletionMark"]
         ]
         if not matches:
             problems.append(
@@ -122,6 +141,8 @@ async def resolve_single(
         ],
     )
     rows = rows_of(await transport.get_json(relative, what=what), what)
+    for row in rows:
+        _check_catalog_row(row, what)
     if wanted:
         named = [r for r in rows if str(r["Description"]).casefold() == wanted.casefold()]
         if len(named) == 1:
@@ -150,21 +171,62 @@ async def resolve_priority(transport: ODataTransport, wanted: str) -> tuple[str,
     )
 
 
+def _check_catalog_row(row: Any, what: str, flags: Sequence[str] = ()) -> None:
+    """A catalog row the lookups can use: a GUID Ref_Key, a text Description, true/false
+    ``flags``; anything else fails the lookup."""
+    if not isinstance(row, dict) or valid_key(row.get("Ref_Key")) is None:
+        raise malformed(what, f"a row without a GUID Ref_Key ({row_label(row, 'Ref_Key')})")
+    label = f"Ref_Key {row['Ref_Key']}"
+    if not isinstance(row.get("Description"), str):
+        raise malformed(what, f"{label}: Description is {field_shape(row, 'Description')}")
+    for name in flags:
+        if flag(row.get(name)) is None:
+            raise malformed(what, f"{label}: {name} is {field_shape(row, name)}, not true/false")
+
+
+def item_rows(rows: list[Any]) -> list[Item]:
+    """The items of one page; a row that cannot be an item is skipped with a warning."""
+    items: list[Item] = []
+    append = items.append
+    ref: Any  # as 1C sent it, until checked
+    for row in rows:
+        # The common case in one test; ``_item_or_reason`` works out anything else.
+        if type(row) is dict:
+            ref, code = row.get("Ref_Key"), row.get("Code")
+            article, name = row.get("Артикул"), row.get("Description")
+            if type(code) is type(article) is type(name) is str and (
+                type(ref) is str and guid_text(ref) is not None
+            ):
+                append(Item(key=ref, code=code, article=article.strip(), name=name))
+                continue
+        if type(row) is not dict:
+            raise malformed("items", f"a row that is {shape(row)}, not an object")
+        found = _item_or_reason(row)
+        if isinstance(found, Item):
+            append(found)
+        else:
+            log.warning("onec_item_skipped", reason=found, ref_key=row_label(row, "Ref_Key"))
+    return items
+
+
+def _item_or_reason(row: dict[str, Any]) -> Item | str:
+    ref = valid_key(row.get("Ref_Key"))
+    if ref is None:
+        return f"Ref_Key is {field_shape(row, 'Ref_Key')}, not a GUID"
+    values: dict[str, str] = {}
+    for name in ("Code", "Артикул", "Description"):
+        value = text(row.get(name))  # a missing or null text is empty, as 1C means it
+        if value is None:
+            return f"{name} is {field_shape(row, name)}, not text"
+        values[name] = value
+    return Item(
+        key=ref, code=values["Code"], article=values["Артикул"].strip(), name=values["Description"]
+    )
+
+
 async def read_items(transport: ODataTransport) -> list[Item]:
     """Every item that is not a folder and not marked for deletion, in Ref_Key order."""
     started = time.monotonic()
-
-    def convert(rows: list[Any]) -> list[Any]:
-        return [
-            Item(
-                key=row["Ref_Key"],
-                code=row.get("Code") or "",
-                article=(row.get("Артикул") or "").strip(),
-                name=row.get("Description") or "",
-            )
-            for row in rows
-        ]
-
     items: list[Item] = await transport.get_all(
         ITEMS,
         where=_LIVE,
@@ -172,7 +234,7 @@ async def read_items(transport: ODataTransport) -> list[Item]:
         orderby=("Ref_Key",),
         what="items",
         large=True,
-        convert=convert,
+        convert=item_rows,
     )
     log.info("onec_read", what="items", rows=len(items), elapsed_s=since(started))
     return items

@@ -6,6 +6,10 @@ virtual table while computing it; a ``$filter`` would be applied afterwards) and
 rows (the warehouse is fixed by the Condition). Never one request per item, and never ``$skip``
 paging: every page of a virtual table recomputes the whole table. The warehouses are asked
 concurrently.
+
+A row without a GUID item key, or with a balance that is not a number, fails the read with a
+message naming the item and the warehouse: skipping it would read that item's stock as 0, and
+so would change the plan.
 """
 
 from __future__ import annotations
@@ -14,18 +18,21 @@ import asyncio
 import time
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 import structlog
 
 from daemon.onec import odata
+from daemon.onec.answers import LIMIT, guid_text, malformed, need_quantity, row_label
 from daemon.onec.metadata import STOCK
-from daemon.onec.norms import decimal
 from daemon.onec.transport import ODataTransport, rows_of, since, task_group
 
 log = structlog.get_logger(__name__)
 
+ITEM, ON_HAND, RESERVED = "Номенклатура_Key", "ВНаличииBalance", "КОтгрузкеBalance"
 # The warehouse is fixed by the Condition, so rows carry only the item (a third less JSON).
-_SELECT = "Номенклатура_Key,ВНаличииBalance,КОтгрузкеBalance"
+_SELECT = f"{ITEM},{ON_HAND},{RESERVED}"
+_YIELD_EVERY = 2000  # rows converted between two chances for the other reads to move on
 
 
 def balance_url(transport: ODataTransport, warehouse_key: str) -> str:
@@ -47,22 +54,41 @@ async def read_free_stock(
 
     async def read(warehouse: str) -> None:
         answer = await transport.get_json(balance_url(transport, warehouse), what="stock balance")
-        for number, row in enumerate(rows_of(answer, "stock balance"), start=1):
-            if number % 2000 == 0:
+        rows = rows_of(answer, "stock balance")
+        low, high = -LIMIT, LIMIT
+        item: Any  # as 1C sent it, until checked
+        for start in range(0, len(rows), _YIELD_EVERY):
+            if start:
                 await asyncio.sleep(0)  # a long answer: let the other requests move on
-            pair = (row["Номенклатура_Key"], warehouse)
-            on_hand, reserved = row.get("ВНаличииBalance", 0), row.get("КОтгрузкеBalance", 0)
-            if type(on_hand) is int and type(reserved) is int:
-                amount = Decimal(on_hand - reserved)  # the common case, one conversion
-            else:
-                amount = decimal(on_hand) - decimal(reserved)
-            # One row per item is the norm (Dimensions='Номенклатура'); add up just in case.
-            free[pair] = free[pair] + amount if pair in free else amount
-            counted[0] += 1
+            for row in rows[start : start + _YIELD_EVERY]:
+                item = row.get(ITEM) if type(row) is dict else None
+                if type(item) is not str or guid_text(item) is None:
+                    raise malformed(
+                        "stock balance",
+                        f"warehouse {warehouse}: a row without a GUID item key "
+                        f"({row_label(row, ITEM)})",
+                    )
+                pair = (item, warehouse)
+                on_hand, reserved = row.get(ON_HAND), row.get(RESERVED)
+                if (
+                    type(on_hand) is int
+                    and type(reserved) is int
+                    and low < on_hand < high
+                    and low < reserved < high
+                ):
+                    amount = Decimal(on_hand - reserved)  # the common case, one conversion
+                else:
+                    label = f"item {item} on warehouse {warehouse}"
+                    amount = need_quantity(row, ON_HAND, "stock balance", label)
+                    amount -= need_quantity(row, RESERVED, "stock balance", label)
+                # One row per item is the norm (Dimensions='Номенклатура'); add up just in case.
+                previous = free.get(pair)
+                free[pair] = amount if previous is None else previous + amount
+        counted[0] += len(rows)
 
     async with task_group() as group:
-        for key in dict.fromkeys(warehouse_keys):
-            group.create_task(read(key))
+        for warehouse_key in dict.fromkeys(warehouse_keys):
+            group.create_task(read(warehouse_key))
     rows = counted[0]
     log.info("onec_read", what="free_stock", rows=rows, elapsed_s=since(started))
     return free
