@@ -403,8 +403,7 @@ async def test_metadata_with_broken_bytes_is_a_classified_error(
     check_schema(world, result)
 
 
-@defect(CHECK, ROW_FIELDS)
-@KNOWN_BROKEN
+@PROPERTY
 @given(
     spoiler=st.one_of(ONEC_BYTES, st.builds(Edit, json_mutations(ROW_KEYS))),
     target=st.sampled_from([ROUTE_METADATA, ROUTE_WAREHOUSES, r"^GET [^?]*/\?", r"^GET "]),
@@ -426,8 +425,7 @@ async def test_check_reports_malformed_answers_instead_of_raising(
 # -- warehouses and items -------------------------------------------------------------------
 
 
-@defect(ROW_FIELDS)
-@KNOWN_BROKEN
+@PROPERTY
 @given(spoiler=st.one_of(ONEC_BYTES, st.builds(Edit, json_mutations(ROW_KEYS))))
 @example(spoiler=Edit(drop("value", 0, "Ref_Key")))
 async def test_warehouses_from_a_malformed_answer_are_an_error_or_exact(
@@ -457,8 +455,7 @@ def check_items(world: World, result: list[Item] | ConnectorError, spoil: Spoile
             assert got.get(key) == item, f"untouched item {key} changed or vanished"
 
 
-@defect(ROW_FIELDS, KEYS)
-@KNOWN_BROKEN
+@PROPERTY
 @given(mutation=json_mutations(ITEM_KEYS))
 @example(mutation=put(7, "value", 0))
 async def test_item_pages_with_broken_json_never_crash_or_guess(
@@ -519,8 +516,7 @@ def check_norms(
             assert result.get(key) == norm, f"untouched norm {key} changed or vanished"
 
 
-@defect(ROW_FIELDS, DECIMALS)
-@KNOWN_BROKEN
+@PROPERTY
 @given(mutation=json_mutations(NORM_KEYS), packages=st.booleans())
 @example(mutation=put("abc", "value", 0, "МинимальноеКоличествоЗапаса"), packages=False)
 async def test_norm_pages_with_broken_json_never_crash_or_guess(
@@ -566,8 +562,7 @@ def check_stock(
             assert result.get(key) == amount, f"untouched stock {key} changed or vanished"
 
 
-@defect(ROW_FIELDS, DECIMALS)
-@KNOWN_BROKEN
+@PROPERTY
 @given(mutation=json_mutations(STOCK_KEYS))
 @example(mutation=drop("value", 0, "Номенклатура_Key"))
 async def test_stock_balances_with_broken_json_never_crash_or_guess(
@@ -617,8 +612,7 @@ def check_transfers(
             assert line in result, f"untouched open line {line} changed or vanished"
 
 
-@defect(ROW_FIELDS, DECIMALS)
-@KNOWN_BROKEN
+@PROPERTY
 @given(mutation=json_mutations(TRANSFER_KEYS), balances=st.booleans())
 @example(mutation=put([], "value", 0, "СкладОтправитель_Key"), balances=False)
 async def test_open_transfers_with_broken_json_never_crash_or_guess(
@@ -684,8 +678,7 @@ async def check_write(
     assert again.external_id == final["Ref_Key"] and final["Posted"] is True
 
 
-@defect(CREATE_ANSWER, ROW_FIELDS)
-@KNOWN_BROKEN
+@PROPERTY
 @given(mutation=json_mutations(ORDER_ANSWER_KEYS), step=st.sampled_from(sorted(WRITE_STEPS)))
 @example(mutation=drop("Ref_Key"), step="create")
 async def test_write_answers_with_broken_json_are_never_a_false_delivery(
@@ -700,8 +693,7 @@ async def test_write_answers_with_broken_json_are_never_a_false_delivery(
     await check_write(world, doc, step, spoil, result)
 
 
-@defect(REREAD)
-@KNOWN_BROKEN
+@PROPERTY
 @given(spoiler=ONEC_BYTES, step=st.sampled_from(sorted(WRITE_STEPS)))
 @example(spoiler=Replace(body=b"null"), step="re-read")
 async def test_write_answers_with_broken_bytes_are_never_a_false_delivery(
@@ -715,8 +707,7 @@ async def test_write_answers_with_broken_bytes_are_never_a_false_delivery(
     await check_write(world, doc, step, spoiler, result)
 
 
-@defect(ROW_FIELDS)
-@KNOWN_BROKEN
+@PROPERTY
 @given(
     spoiler=st.one_of(ONEC_BYTES, st.builds(Edit, json_mutations(ORDER_ANSWER_KEYS))),
     by_marker=st.booleans(),
@@ -743,14 +734,14 @@ async def test_lookup_before_resend_with_a_broken_answer_is_never_a_false_delive
 @pytest.mark.parametrize(
     "quantity",
     [
-        pytest.param("abc", id="text", marks=defect(DECIMALS)),
-        pytest.param("12,5", id="comma-decimal", marks=defect(DECIMALS)),
-        pytest.param(None, id="null", marks=defect(DECIMALS)),
-        pytest.param(True, id="bool", marks=defect(DECIMALS)),
-        pytest.param([5], id="list", marks=defect(DECIMALS)),
-        pytest.param(Raw("NaN"), id="NaN-literal", marks=defect(DECIMALS)),
-        pytest.param("NaN", id="NaN-text", marks=defect(DECIMALS)),
-        pytest.param(Raw("Infinity"), id="Infinity-literal", marks=defect(DECIMALS)),
+        pytest.param("abc", id="text"),
+        pytest.param("12,5", id="comma-decimal"),
+        pytest.param(None, id="null"),
+        pytest.param(True, id="bool"),
+        pytest.param([5], id="list"),
+        pytest.param(Raw("NaN"), id="NaN-literal"),
+        pytest.param("NaN", id="NaN-text"),
+        pytest.param(Raw("Infinity"), id="Infinity-literal"),
     ],
 )
 async def test_a_stock_row_with_a_non_numeric_quantity_is_skipped_with_a_reason(
@@ -778,9 +769,9 @@ async def test_a_stock_row_with_a_non_numeric_quantity_is_skipped_with_a_reason(
 @pytest.mark.parametrize(
     "mutation",
     [
-        pytest.param(put(7, "value", 0), id="row-a-number", marks=defect(ROW_FIELDS)),
-        pytest.param(drop("value", 0, "Номенклатура_Key"), id="no-item", marks=defect(ROW_FIELDS)),
-        pytest.param(put(None, "value", 0, "Номенклатура_Key"), id="item-null", marks=defect(KEYS)),
+        pytest.param(put(7, "value", 0), id="row-a-number"),
+        pytest.param(drop("value", 0, "Номенклатура_Key"), id="no-item"),
+        pytest.param(put(None, "value", 0, "Номенклатура_Key"), id="item-null"),
     ],
 )
 async def test_a_broken_stock_row_costs_at_most_its_own_item(
@@ -815,9 +806,9 @@ async def test_a_collection_answer_without_a_value_list_is_an_error(
 @pytest.mark.parametrize(
     "mutation",
     [
-        pytest.param(drop("value", 0, "Ref_Key"), id="no-ref-key", marks=defect(ROW_FIELDS)),
-        pytest.param(put(7, "value", 0), id="row-a-number", marks=defect(ROW_FIELDS)),
-        pytest.param(put(["x"], "value", 0, "Ref_Key"), id="ref-key-a-list", marks=defect(KEYS)),
+        pytest.param(drop("value", 0, "Ref_Key"), id="no-ref-key"),
+        pytest.param(put(7, "value", 0), id="row-a-number"),
+        pytest.param(put(["x"], "value", 0, "Ref_Key"), id="ref-key-a-list"),
         pytest.param(put(None, "value", 0, "Description"), id="description-null"),
     ],
 )
@@ -834,7 +825,6 @@ async def test_a_broken_warehouse_row_is_an_error_never_a_wrong_key(
         assert result == world.warehouses, f"{mutation} gave {result}"
 
 
-@defect(CHECK, ROW_FIELDS)
 async def test_check_reports_a_garbled_organization_row_as_a_failed_line(world: World) -> None:
     """check() with the organization row lacking its Description says so in that line."""
     result = await world.attempt(
@@ -899,9 +889,9 @@ async def test_a_garbled_count_is_an_error(world: World, count: bytes) -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        pytest.param("abc", id="text", marks=defect(DECIMALS)),
-        pytest.param(Raw("NaN"), id="NaN-literal", marks=defect(DECIMALS)),
-        pytest.param({"x": 1}, id="object", marks=defect(DECIMALS)),
+        pytest.param("abc", id="text"),
+        pytest.param(Raw("NaN"), id="NaN-literal"),
+        pytest.param({"x": 1}, id="object"),
     ],
 )
 async def test_a_norm_with_a_garbled_minimum_is_never_read_as_zero(
@@ -930,14 +920,10 @@ async def test_a_norm_with_a_garbled_minimum_is_never_read_as_zero(
 @pytest.mark.parametrize(
     "mutation",
     [
-        pytest.param(
-            put("not-a-guid", "Ref_Key"), id="ref-key-garbled", marks=defect(CREATE_ANSWER)
-        ),
-        pytest.param(
-            put("yes", "DeletionMark"), id="deletion-mark-text", marks=defect(CREATE_ANSWER)
-        ),
-        pytest.param(drop("Ref_Key"), id="no-ref-key", marks=defect(CREATE_ANSWER)),
-        pytest.param(put(True, "Posted"), id="claims-posted", marks=defect(CREATE_ANSWER)),
+        pytest.param(put("not-a-guid", "Ref_Key"), id="ref-key-garbled"),
+        pytest.param(put("yes", "DeletionMark"), id="deletion-mark-text"),
+        pytest.param(drop("Ref_Key"), id="no-ref-key"),
+        pytest.param(put(True, "Posted"), id="claims-posted"),
         pytest.param(put(None), id="null-answer"),
     ],
 )
@@ -970,7 +956,6 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (12, 12))
 
 
-@defect(HUGE_COUNT)
 async def test_a_huge_count_is_refused_without_exhausting_memory() -> None:
     """A /$count of 10^15 is not planned as 10^14 pages (child process with a memory cap)."""
     code = "import asyncio, tests.test_malformed_onec as t; asyncio.run(t.huge_count_scenario())"
