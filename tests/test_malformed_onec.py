@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 from structlog.testing import capture_logs
@@ -84,15 +84,6 @@ PROPERTY = settings(
     # every example gets its own connector.
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-# Properties that still find a connector defect: an explicit example that hits it and a fixed
-# example sequence, so the expected failure is the same in every run, and no shrinking, which
-# would only spend time on it. Switch back to PROPERTY when the xfail goes.
-KNOWN_BROKEN = settings(PROPERTY, derandomize=True, phases=[Phase.explicit, Phase.generate])
-
-
-def defect(*reasons: str) -> pytest.MarkDecorator:
-    """A connector defect reported to the lead (issue #9); the test passes once it is fixed."""
-    return pytest.mark.xfail(strict=True, reason="; ".join(reasons))
 
 
 def route(method: str, entity_set: str, tail: str = "") -> str:
@@ -154,38 +145,6 @@ ONEC_BYTES = byte_spoilers(
         Replace(status=500, body=ATOM_FEED, content_type="application/xml"),
     ]
 )
-
-EMPTY_BODY = (
-    "transport.py get_json: an empty 2xx body is PermanentError 'not JSON' (fine), but "
-    "count() of a non-digit body and rows_of() are the only shape checks"
-)
-ROW_FIELDS = (
-    "catalogs.py/stock.py/norms.py/transfers.py: rows are indexed without checks "
-    "(row['Ref_Key'], r['Номенклатура_Key'], .strip() on non-strings), so a row that is not an "
-    "object or lacks a key raises KeyError/TypeError/AttributeError; non-string Code/"
-    "Description/Артикул are kept as they come"
-)
-DECIMALS = (
-    "norms.py decimal(): text like 'abc'/'12,5' raises InvalidOperation, 'NaN' gives Decimal "
-    "NaN, NaN/Infinity literals, bools, nulls and containers silently become 0"
-)
-HUGE_COUNT = (
-    "transport.py get_all: /$count is trusted, 10^15 plans 1.25e14 page tasks at once (OOM)"
-)
-KEYS = (
-    "catalogs.py/stock.py/norms.py/transfers.py: a Ref_Key/_Key that is not a GUID string "
-    "(null, a number, a list) is passed on as a key, or str()-ed ('[]', 'None')"
-)
-CREATE_ANSWER = (
-    "transfers.py deliver/_post_and_verify: the create answer is trusted; a garbled or missing "
-    "Ref_Key, a truthy DeletionMark or Posted=true make a PermanentError (dead letter) although "
-    "the order exists, unposted"
-)
-REREAD = (
-    "transfers.py _post_and_verify/find_order: a re-read or lookup answer that is not an object "
-    "(JSON null, a list) raises AttributeError on row.get"
-)
-CHECK = "connector.py check(): catches only ConnectorError, so the defects above escape it"
 
 
 @dataclass(repr=False)

@@ -18,9 +18,10 @@ from typing import Any
 from daemon.model import TransferOrderDocument
 from daemon.onec.answers import field_shape, flag, quantity, shape, valid_key
 
-# Reference §2.4: the order's Number is String(11), fixed length, numbered automatically. Any
-# other value is not a number 1C gave (and would be reported to operators as the document's).
-NUMBER_LENGTH = 11
+# Reference §2.4: the order's Number is String(11), fixed length, numbered automatically. A
+# customised base may use another length, so anything from 1 to 50 characters of text is taken;
+# an empty, non-text or absurdly long value is not a number 1C gave.
+NUMBER_MAX_LENGTH = 50
 SENDER, RECEIVER = "СкладОтправитель_Key", "СкладПолучатель_Key"
 ITEM, QUANTITY, PACKAGES = "Номенклатура_Key", "Количество", "КоличествоУпаковок"
 
@@ -57,9 +58,9 @@ def order_state(answer: Any) -> OrderState | str:
     if ref_key is None:
         return f"Ref_Key is {field_shape(answer, 'Ref_Key')}, not a GUID"
     number = answer.get("Number")
-    if not isinstance(number, str) or len(number) != NUMBER_LENGTH:
+    if not isinstance(number, str) or not 0 < len(number.strip()) <= NUMBER_MAX_LENGTH:
         shown = field_shape(answer, "Number")
-        return f"Number is {shown}, not an {NUMBER_LENGTH}-character document number"
+        return f"Number is {shown}, not a document number (1 to {NUMBER_MAX_LENGTH} characters)"
     posted, deleted = flag(answer.get("Posted")), flag(answer.get("DeletionMark"))
     if posted is None:
         return f"Posted is {field_shape(answer, 'Posted')}, not true/false"
