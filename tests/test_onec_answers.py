@@ -13,6 +13,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -217,3 +219,18 @@ async def test_a_create_answer_about_another_order_is_checked_by_lookup(spoiled:
     assert (delivered.external_id, delivered.number) == (doc.ref_key, stored["Number"])
     assert delivered.created_now and stored["Posted"] is True
     assert any(event["event"] == "onec_transfer_create_answer_unusable" for event in logs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.decimals(
+        min_value=Decimal("-999999999999.999"),
+        max_value=Decimal("999999999999.999"),
+        places=3,
+        allow_nan=False,
+        allow_infinity=False,
+    )
+)
+def test_every_1c_quantity_survives_the_json_parser_exactly(value: Decimal) -> None:
+    """An N(15,3) quantity as 1C writes it in JSON reads back as exactly that Decimal."""
+    assert quantity(odata.loads(f'{{"q": {value}}}'.encode())["q"]) == value

@@ -17,6 +17,7 @@ understand. The write turns it into ``OutcomeUnknownError`` where the order may 
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 from typing import Any
@@ -48,11 +49,13 @@ def valid_key(value: Any) -> str | None:
 def quantity(value: Any) -> Decimal | None:
     """A finite JSON number (or numeric text) below 10^15 in magnitude, else None.
 
-    Fractions already arrive as ``Decimal`` (``odata.loads``); bools, nulls, containers, NaN
-    and infinities are not quantities."""
+    Fractions arrive as floats (``odata.loads``) and become the Decimal of their shortest
+    text; bools, nulls, containers, NaN and infinities are not quantities."""
     kind = type(value)
     if kind is int:
         return Decimal(value) if -LIMIT < value < LIMIT else None
+    if kind is float:
+        return quantity(Decimal(repr(value))) if math.isfinite(value) else None
     if kind is Decimal:
         return value if value.is_finite() and -_LIMIT < value < _LIMIT else None
     if kind is str and _NUMBER.fullmatch(value.strip()) is not None:
