@@ -21,16 +21,17 @@ survived from one that never found its target. Nothing here knows 1C or МойС
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import math
 import re
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from xml.etree import ElementTree
 
 import aiohttp
@@ -38,6 +39,10 @@ from aiohttp import web
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
+
+from daemon.errors import ConnectorError, PermanentError, TransientError
+
+T = TypeVar("T")
 
 HOP_BY_HOP = frozenset(
     {
@@ -581,3 +586,22 @@ async def hostile(upstream_url: str) -> AsyncIterator[tuple[HostileProxy, str]]:
     """A proxy in front of ``upstream_url``; yields it and the URL to give the connector."""
     async with HostileProxy(upstream_url) as proxy:
         yield proxy, proxy.url(upstream_url)
+
+
+async def outcome(call: Awaitable[T], hang_s: float) -> T | ConnectorError:
+    """The result, or the connector error; anything else propagates and fails the test, and
+    so does a connector that has not answered after ``hang_s`` seconds."""
+    try:
+        async with asyncio.timeout(hang_s):
+            return await call
+    except ConnectorError as exc:
+        return exc
+    except TimeoutError as exc:
+        raise AssertionError(f"the connector hung for {hang_s} s on a malformed answer") from exc
+
+
+def assert_classified(error: ConnectorError, system: str) -> None:
+    """A malformed answer gives a transient or permanent error of that system, with a text."""
+    assert isinstance(error, TransientError | PermanentError), repr(error)
+    assert error.system == system
+    assert str(error).strip(), "a connector error must say what was wrong"

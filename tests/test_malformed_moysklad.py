@@ -57,6 +57,8 @@ from tests.hostile import (
     json_mutations,
     put,
 )
+from tests.hostile import assert_classified as classified_for
+from tests.hostile import outcome as outcome_within
 from tests.test_moysklad_support import make_settings, order_doc
 
 T = TypeVar("T")
@@ -153,20 +155,11 @@ class World:
 
 
 async def outcome(call: Awaitable[T]) -> T | ConnectorError:
-    """The result, or the connector error; anything else propagates and fails the test."""
-    try:
-        async with asyncio.timeout(HANG_S):
-            return await call
-    except ConnectorError as exc:
-        return exc
-    except TimeoutError as exc:
-        raise AssertionError(f"the connector hung for {HANG_S} s on a malformed answer") from exc
+    return await outcome_within(call, HANG_S)
 
 
 def assert_classified(error: ConnectorError) -> None:
-    assert isinstance(error, TransientError | PermanentError), repr(error)
-    assert error.system == SYSTEM
-    assert str(error).strip(), "a connector error must say what was wrong"
+    classified_for(error, SYSTEM)
 
 
 def row_of(path: Path, key: str = "rows") -> int | None:
