@@ -24,7 +24,7 @@ from pathlib import Path as FilePath
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 from structlog.testing import capture_logs
@@ -523,6 +523,8 @@ async def test_create_order_with_broken_json_answer_is_never_reported_delivered(
 
 @PROPERTY
 @given(spoiler=byte_spoilers())
+# a cut that loses only the gzip trailer (CRC and length): aiohttp's own gunzip accepted it
+@example(spoiler=Truncate(0.99))
 async def test_create_order_with_broken_bytes_is_never_reported_delivered(
     world: World, spoiler: Spoiler
 ) -> None:

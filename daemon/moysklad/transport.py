@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import random
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +143,9 @@ class MoySkladTransport:
         )
         session = aiohttp.ClientSession(
             connector=connector,
+            # bodies are gunzipped here, not by aiohttp: its gzip reader accepts a stream cut
+            # before the CRC trailer, and a cut answer must never pass for a whole one
+            auto_decompress=False,
             timeout=aiohttp.ClientTimeout(
                 total=settings.request_timeout_s, sock_connect=settings.connect_timeout_s
             ),
@@ -268,7 +274,7 @@ class MoySkladTransport:
                 async with generation.session.request(
                     method, url, data=data, headers=headers, allow_redirects=False
                 ) as response:
-                    body = await response.read()
+                    body = _gunzip(method, url, response.headers, await response.read())
                     answer = _Answer(response.status, response.headers, body)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise _transport_error(method, url, exc) from exc
@@ -278,6 +284,22 @@ class MoySkladTransport:
                 answer.code = first_code(parse_errors(answer.body))
             await self.limiter.observe(permit, answer.status, answer.headers, answer.code)
             return answer
+
+
+def _gunzip(method: str, url: URL, headers: Mapping[str, str], body: bytes) -> bytes:
+    """The body as sent, gunzipped when it says so (МойСклад may also answer uncompressed).
+    A gzip stream that is cut or corrupt (CRC, length) is a failed request, not an answer."""
+    if "gzip" not in headers.get("Content-Encoding", "").lower():
+        return body
+    try:
+        return gzip.decompress(body)
+    except (EOFError, OSError, zlib.error) as exc:
+        what = f"{method} {url.path}: the gzip answer is cut or corrupt ({exc})"
+        if method == "GET":
+            raise TransientError(what, system=SYSTEM) from exc
+        raise OutcomeUnknownError(
+            what + " (the request may have been applied)", system=SYSTEM
+        ) from exc
 
 
 def _transport_error(method: str, url: URL, exc: BaseException) -> ConnectorError:
