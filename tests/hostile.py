@@ -26,11 +26,14 @@ import gzip
 import json
 import math
 import re
+import resource
+import sys
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
+from pathlib import Path as FilePath
 from typing import Any, Literal, TypeVar
 from xml.etree import ElementTree
 
@@ -605,3 +608,34 @@ def assert_classified(error: ConnectorError, system: str) -> None:
     assert isinstance(error, TransientError | PermanentError), repr(error)
     assert error.system == system
     assert str(error).strip(), "a connector error must say what was wrong"
+
+
+#: what one hostile scenario in a child process may use: the emulator, the proxy and the
+#: connector need about 300 MB; a connector that plans work from a lying count would need far more
+CHILD_MEMORY = 600 * 1024 * 1024
+CHILD_CPU_S = 12
+_REPO = FilePath(__file__).resolve().parent.parent
+
+
+def _limit_child() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+    resource.setrlimit(resource.RLIMIT_CPU, (CHILD_CPU_S, CHILD_CPU_S))
+
+
+async def run_capped(code: str, what: str, *, wait_s: float = 15.0) -> None:
+    """Run ``code`` in a Python child capped in memory and CPU; fail the test if it hangs or
+    does not exit 0 (``what`` says what would have hung)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code,
+        cwd=_REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_limit_child,
+    )  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(child.communicate(), wait_s)
+    except TimeoutError:
+        child.kill()
+        await child.wait()
+        raise AssertionError(f"{what} hung") from None
+    lines = err.decode(errors="replace").splitlines()
+    errors = [line for line in lines if "Error" in line] or lines[-1:] or [""]
+    assert child.returncode == 0, f"exit {child.returncode}: {errors[-1]}"

@@ -11,16 +11,12 @@ to a POST must never be reported as a delivered order.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
-import resource
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path as FilePath
 from typing import Any, TypeVar
 
 import pytest
@@ -56,6 +52,7 @@ from tests.hostile import (
     hostile,
     json_mutations,
     put,
+    run_capped,
 )
 from tests.hostile import assert_classified as classified_for
 from tests.hostile import outcome as outcome_within
@@ -63,8 +60,6 @@ from tests.test_moysklad_support import make_settings, order_doc
 
 T = TypeVar("T")
 
-REPO = FilePath(__file__).resolve().parent.parent
-CHILD_MEMORY = 600 * 1024 * 1024  # the emulator, proxy and connector need ~300 MB
 
 SYSTEM = "moysklad"
 HANG_S = 15.0
@@ -762,31 +757,13 @@ async def huge_page_size_scenario() -> None:
         assert world.proxy.forwarded < 10_000, f"{world.proxy.forwarded} requests"
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
-    resource.setrlimit(resource.RLIMIT_CPU, (12, 12))
-
-
 async def test_a_huge_page_size_claim_is_refused_without_exhausting_memory() -> None:
     """meta.size 10^15 is not planned as 5e14 pages (child process with a memory cap)."""
     code = (
         "import asyncio, tests.test_malformed_moysklad as t; "
         "asyncio.run(t.huge_page_size_scenario())"
     )
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code,
-        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_limit_memory,
-    )  # fmt: skip
-    try:
-        _, err = await asyncio.wait_for(child.communicate(), 15)
-    except TimeoutError:
-        child.kill()
-        await child.wait()
-        raise AssertionError("a huge meta.size made the product match hang") from None
-    lines = err.decode(errors="replace").splitlines()
-    errors = [line for line in lines if "Error" in line] or lines[-1:] or [""]
-    assert child.returncode == 0, f"exit {child.returncode}: {errors[-1]}"
+    await run_capped(code, "a huge meta.size: the product match")
 
 
 @pytest.mark.parametrize(
