@@ -6,7 +6,7 @@ the outbox processor only ever see these protocols, so neither imports aiohttp.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -103,6 +103,3 @@ class MoySkladPort(Protocol):
     ) -> DeliveredDocument:
         """Create with the deterministic syncId (a resend returns the existing order)."""
         ...
-
-
-ItemsByKey = Mapping[str, Item]

@@ -175,6 +175,3 @@ class HubServices:
         if row[0] == "onec_transfer_order":
             return describe_document(TransferOrderDocument.model_validate_json(row[1]))
         return describe_document(CustomerOrderDocument.model_validate_json(row[1]))
-
-    async def trigger(self, job: str, dry_run: bool) -> Launch:
-        return await self.runs.trigger(job, trigger="manual", dry_run=dry_run)
