@@ -28,7 +28,7 @@ from daemon.model import (
     deterministic_uuid,
 )
 from daemon.plan import ReplenishmentPlan
-from daemon.planner import PlanningInputs, TargetInputs, plan_replenishment
+from daemon.planner import PlanningInputs, TargetInputs
 from daemon.ports import MoySkladPort, OneCPort, OpenTransferLine
 from daemon.store.runs import PlanItemRow
 
@@ -152,10 +152,6 @@ async def gather_inputs(
         max_positions_per_order=config.replenishment.max_positions_per_order,
     )
     return GatheredInputs(planning=planning, warehouses=warehouses)
-
-
-def make_plan(gathered: GatheredInputs) -> ReplenishmentPlan:
-    return plan_replenishment(gathered.planning)
 
 
 def plan_item_rows(plan: ReplenishmentPlan, run_id: str) -> list[PlanItemRow]:

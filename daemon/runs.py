@@ -25,12 +25,12 @@ from daemon.config import HubConfig
 from daemon.errors import DrainingError, HubError, NotFoundError, RunFailedError
 from daemon.model import CustomerOrderDocument, Document, TransferOrderDocument
 from daemon.plan import ReplenishmentPlan
+from daemon.planner import plan_replenishment
 from daemon.ports import MoySkladPort, OneCPort
 from daemon.replenishment import (
     GatheredInputs,
     build_documents,
     gather_inputs,
-    make_plan,
     plan_item_rows,
 )
 from daemon.store import Database
@@ -289,8 +289,6 @@ class RunManager:
         record = active.record
         await self._phase(active, "", {})
         record.finished_at = self._clock()
-        if record.status == "running":  # the plan transaction already committed it
-            record.status = "succeeded"
         with contextlib.suppress(HubError):
             await asyncio.shield(run_store.update_run(self._db, record))
         _log.info("run_finished", status=record.status, reason=record.reason or None)
@@ -345,7 +343,7 @@ def _plan_and_rows(
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        plan = make_plan(gathered)
+        plan = plan_replenishment(gathered.planning)
         return plan, plan_item_rows(plan, run_id)
     finally:
         if was_enabled:
