@@ -5,16 +5,19 @@ Each target plan carries the documents to create (one ``TransferOrderPlan`` per 
 anything, the ``ExternalOrderPlan`` parts for МойСклад), the items that have no МойСклад product
 (``UnmappedItem``), one ``ItemDecision`` per item considered, and a ``TargetSummary``.
 
-Everything is a frozen dataclass built from tuples, so two plans compare equal exactly when they
-say the same thing; the ``to_dict()`` methods give JSON-safe dicts (``Decimal`` as ``str``, which
-round-trips exactly) for the run's stored plan.
+Everything is immutable and built from tuples, so two plans compare equal exactly when they
+say the same thing: the documents and summaries are frozen dataclasses, and the records made
+once per item (``ItemDecision``, ``Deficit``, ``DonorTake`` and the lines) are ``NamedTuple``s,
+which build four times faster than a frozen dataclass (the planner makes a few hundred thousand
+of them for 100,000 items). The ``to_dict()`` methods give JSON-safe dicts (``Decimal`` as
+``str``, which round-trips exactly) for the run's stored plan.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from daemon.model import EMPTY_GUID, Item, Norm, Product, Warehouse
 from daemon.planner_reasons import describe
@@ -50,8 +53,7 @@ def _warehouse(warehouse: Warehouse) -> JsonDict:
     return {"key": warehouse.key, "name": warehouse.name}
 
 
-@dataclass(frozen=True, slots=True)
-class DonorTake:
+class DonorTake(NamedTuple):
     """How one donor was consulted for one item of one target.
 
     ``free`` is the donor's free stock left for this target: the given free stock minus
@@ -80,8 +82,7 @@ class DonorTake:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Deficit:
+class Deficit(NamedTuple):
     """How the need of an item below its minimum was covered.
 
     ``need`` is the exact ``target_level - target_free - incoming``; ``need_rounded`` is ``need``
@@ -121,8 +122,7 @@ class Deficit:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class ItemDecision:
+class ItemDecision(NamedTuple):
     """What the planner decided for one item on one target, and from what.
 
     ``decision`` is one of ``DECISIONS``. ``norm`` is the target's resolved norm (``None``: no
@@ -172,8 +172,7 @@ class ItemDecision:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class TransferLinePlan:
+class TransferLinePlan(NamedTuple):
     """One line of a «Заказ на перемещение»: ``quantity`` base units in ``packages`` packages
     (``packages == quantity`` and ``package_key == EMPTY_GUID`` without packaging)."""
 
@@ -207,8 +206,7 @@ class TransferOrderPlan:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class ExternalLinePlan:
+class ExternalLinePlan(NamedTuple):
     """One position of the МойСклад order, in base units (rounded up to whole packages)."""
 
     item_key: str
@@ -245,8 +243,7 @@ class ExternalOrderPlan:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class UnmappedItem:
+class UnmappedItem(NamedTuple):
     """Need that no donor covered and that cannot go to МойСклад: the item has no product.
 
     ``match_value`` is the item's value of the match key (e.g. its article; may be empty).

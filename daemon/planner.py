@@ -1,9 +1,11 @@
 """The replenishment planner: a pure function from stock, norms and donors to a plan.
 
 ``plan_replenishment(inputs)`` implements DESIGN §1.1. It does no I/O and keeps no state: the
-same ``PlanningInputs`` always give an equal ``ReplenishmentPlan``. Items are walked in
-(code, key) order, donors in their configured priority order and targets in the given order;
-nothing depends on the iteration order of the input mappings.
+same ``PlanningInputs`` always give an equal ``ReplenishmentPlan``. Decisions and document
+lines are in (code, key) order, donors are asked in their configured priority order and targets
+are planned in the given order; nothing depends on the iteration order of the input mappings
+(no item's decision depends on another item's, so items are decided in whatever order is
+fastest and each result is put at its item's place).
 
 For one target ``T``, each item is decided like this (``free`` absent = 0, may be negative):
 
@@ -54,7 +56,8 @@ from decimal import (
     Overflow,
     localcontext,
 )
-from operator import attrgetter
+from operator import itemgetter
+from typing import TypeVar, cast
 
 from daemon.errors import RunFailedError
 from daemon.model import EMPTY_GUID, Item, Norm, Product, Warehouse
@@ -82,10 +85,11 @@ from daemon.planner_reasons import match_value
 
 DEFAULT_MAX_POSITIONS = 1000
 
+_Line = TypeVar("_Line")
+
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
-_BY_KEY = attrgetter("key")
-_BY_CODE = attrgetter("code")
+_RANK = itemgetter(0)
 
 # A fixed context so the result never depends on the caller's thread context; ``localcontext``
 # works on a copy, so this constant is never mutated.
@@ -136,14 +140,13 @@ def plan_replenishment(inputs: PlanningInputs) -> ReplenishmentPlan:
     that does not fit exact decimal arithmetic.
     """
     _validate(inputs)
-    # (code, key) order in two stable passes: no tuple per item, half the time of one keyed sort.
-    items = sorted(inputs.items.values(), key=_BY_KEY)
-    items.sort(key=_BY_CODE)
+    items = list(inputs.items.values())
+    ranks = _code_ranks(items)
     # (item key, donor key) → what earlier targets of this plan already took from that donor.
     taken: dict[tuple[str, str], Decimal] = {}
     try:
         with localcontext(_CONTEXT):
-            targets = tuple(_plan_target(t, items, inputs, taken) for t in inputs.targets)
+            targets = tuple(_plan_target(t, items, ranks, inputs, taken) for t in inputs.targets)
     except (Inexact, InvalidOperation, Overflow) as exc:
         raise RunFailedError(
             "a stock, norm or incoming quantity cannot be planned with exact decimal "
@@ -188,9 +191,30 @@ def _floor_to(quantity: Decimal, package: Decimal) -> Decimal:
     return (quantity // package) * package
 
 
+def _code_ranks(items: Sequence[Item]) -> list[int]:
+    """``ranks[i]``: where ``items[i]`` stands in (code, key) order, the order of the plan.
+
+    Sorts positions, not items (two stable passes over C-level keys: no tuple per item), so
+    the plan can be built in the items' own order and each result put in its place."""
+    keys = [item.key for item in items]
+    codes = [item.code for item in items]
+    order = sorted(range(len(items)), key=keys.__getitem__)
+    order.sort(key=codes.__getitem__)
+    ranks = [0] * len(items)
+    for rank, index in enumerate(order):
+        ranks[index] = rank
+    return ranks
+
+
+def _in_rank_order(ranked: list[tuple[int, _Line]]) -> list[_Line]:
+    ranked.sort(key=_RANK)
+    return [line for _, line in ranked]
+
+
 def _plan_target(
     target_inputs: TargetInputs,
     items: Sequence[Item],
+    ranks: Sequence[int],
     inputs: PlanningInputs,
     taken: dict[tuple[str, str], Decimal],
 ) -> TargetPlan:
@@ -199,12 +223,16 @@ def _plan_target(
     incoming = target_inputs.incoming
     norms = inputs.norms
     free_stock = inputs.free_stock
-    deficits = _DeficitPlanner(target_inputs, inputs, taken)
-    decisions: list[ItemDecision] = []
-    append = decisions.append
+    deficits = _DeficitCover(target_inputs, inputs, taken)
+    cover = deficits.cover
+    placed: list[ItemDecision | None] = [None] * len(items)
     no_norm = ok = 0
 
-    for item in items:
+    # Items are decided in the order they were read, which is the order their objects (and the
+    # stock and norms read with them) lie in memory: walking them in code order instead costs a
+    # quarter more on 100,000 items, in cache misses alone. No item's decision depends on
+    # another's, so each is simply put at its rank in the plan's (code, key) order.
+    for item, rank in zip(items, ranks, strict=True):
         key = item.key
         pair = (key, target_key)
         free = free_stock.get(pair, _ZERO)
@@ -212,32 +240,35 @@ def _plan_target(
         norm = norms.get(pair)
         if norm is None:
             no_norm += 1
-            append(ItemDecision(item, NO_NORM, None, free, inbound))
+            placed[rank] = ItemDecision(item, NO_NORM, None, free, inbound)
         elif free + inbound >= norm.minimum:
             ok += 1
-            append(ItemDecision(item, OK, norm, free, inbound))
+            placed[rank] = ItemDecision(item, OK, norm, free, inbound)
         else:
-            append(deficits.cover(item, norm, free, inbound))
+            placed[rank] = cover(item, rank, norm, free, inbound)
+    decisions = cast(list[ItemDecision], placed)  # every rank was filled above
 
     donors = target_inputs.donors
+    transfer_lines = [_in_rank_order(lines) for lines in deficits.transfer_lines]
+    external_lines = _in_rank_order(deficits.external_lines)
+    unmapped = _in_rank_order(deficits.unmapped)
     transfers = tuple(
         TransferOrderPlan(donor=donor, target=target, lines=tuple(lines))
-        for donor, lines in zip(donors, deficits.transfer_lines, strict=True)
+        for donor, lines in zip(donors, transfer_lines, strict=True)
         if lines
     )
-    external_orders = _split_orders(target, deficits.external_lines, inputs.max_positions_per_order)
+    external_orders = _split_orders(target, external_lines, inputs.max_positions_per_order)
     summary = TargetSummary(
         items=len(decisions),
         no_norm=no_norm,
         ok=ok,
         below_min=len(decisions) - no_norm - ok,
         transfer_lines=tuple(
-            (donor.name, len(lines))
-            for donor, lines in zip(donors, deficits.transfer_lines, strict=True)
+            (donor.name, len(lines)) for donor, lines in zip(donors, transfer_lines, strict=True)
         ),
-        external_lines=len(deficits.external_lines),
+        external_lines=len(external_lines),
         external_orders=len(external_orders),
-        unmapped=len(deficits.unmapped),
+        unmapped=len(unmapped),
     )
     return TargetPlan(
         target=target,
@@ -245,13 +276,14 @@ def _plan_target(
         decisions=tuple(decisions),
         transfers=transfers,
         external_orders=external_orders,
-        unmapped=tuple(deficits.unmapped),
+        unmapped=tuple(unmapped),
         summary=summary,
     )
 
 
-class _DeficitPlanner:
-    """Covers the deficit items of one target and collects the lines they produce."""
+class _DeficitCover:
+    """Covers the deficit items of one target and collects the lines they produce, each with
+    its item's rank (they are made in read order, and put in plan order at the end)."""
 
     __slots__ = (
         "_donors",
@@ -277,11 +309,13 @@ class _DeficitPlanner:
         self._products = inputs.products
         self._match_key = inputs.match_key
         self._taken = taken
-        self.transfer_lines: list[list[TransferLinePlan]] = [[] for _ in self._donors]
-        self.external_lines: list[ExternalLinePlan] = []
-        self.unmapped: list[UnmappedItem] = []
+        self.transfer_lines: list[list[tuple[int, TransferLinePlan]]] = [[] for _ in self._donors]
+        self.external_lines: list[tuple[int, ExternalLinePlan]] = []
+        self.unmapped: list[tuple[int, UnmappedItem]] = []
 
-    def cover(self, item: Item, norm: Norm, free: Decimal, inbound: Decimal) -> ItemDecision:
+    def cover(
+        self, item: Item, rank: int, norm: Norm, free: Decimal, inbound: Decimal
+    ) -> ItemDecision:
         """Walk the donors for an item below its minimum, then order or report the rest."""
         key = item.key
         minimum = norm.minimum
@@ -322,7 +356,7 @@ class _DeficitPlanner:
                     taken[pair] = earlier + take
                     packages = take if package is None else take / package
                     self.transfer_lines[index].append(
-                        TransferLinePlan(key, take, packages, package_key)
+                        (rank, TransferLinePlan(key, take, packages, package_key))
                     )
             takes.append(DonorTake(donor, donor_free, donor_min, spare, asked, take, earlier))
 
@@ -333,13 +367,18 @@ class _DeficitPlanner:
         elif (product := self._products.get(key)) is not None:
             external = open_need
             self.external_lines.append(
-                ExternalLinePlan(key, product, external, product.price_kopecks)
+                (rank, ExternalLinePlan(key, product, external, product.price_kopecks))
             )
             decision = TRANSFER_AND_EXTERNAL if transferred else EXTERNAL
         else:
             unmapped = open_need
             self.unmapped.append(
-                UnmappedItem(item, unmapped, self._match_key, match_value(item, self._match_key))
+                (
+                    rank,
+                    UnmappedItem(
+                        item, unmapped, self._match_key, match_value(item, self._match_key)
+                    ),
+                )
             )
             decision = TRANSFER_AND_UNMAPPED if transferred else UNMAPPED
 
