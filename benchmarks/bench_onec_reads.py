@@ -115,8 +115,8 @@ async def _run(base: str, settings_extra: dict[str, Any]) -> tuple[float, int, d
                 onec.read_open_transfers(keys[:1]),
             )
 
-        # Items need no warehouse keys, so they start at once; the rest after the lookup.
-        await onec.load_metadata()
+        # As ``replenishment.gather_inputs``: items need no warehouse keys, so they start at
+        # once, alongside the lookup; the rest follows the lookup.
         items, (norms, free, incoming) = await asyncio.gather(onec.read_items(), by_warehouse())
         elapsed = time.perf_counter() - started
         sizes = {"items": len(items), "norms": len(norms), "free": len(free), "in": len(incoming)}

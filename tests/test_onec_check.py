@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 import pytest
 from pydantic import SecretStr
 
@@ -117,3 +120,50 @@ async def test_metadata_is_read_once(dataset: DemoDataset) -> None:
         assert box.requests_by_kind["metadata"] == 1
         await onec.check(NAMES)
         assert box.requests_by_kind["metadata"] == 2
+
+
+async def test_reads_go_out_with_metadata_and_share_it(dataset: DemoDataset) -> None:
+    """On a fresh connector reads do not wait for $metadata, and concurrent ones read it once."""
+    box = OneCSandbox(dataset)
+    box.latency_s = 0.05
+    async with connected(box) as onec:
+        items, found = await asyncio.gather(onec.read_items(), onec.resolve_warehouses(NAMES))
+        # $metadata, the warehouse lookup, the first items page and the count, all at once.
+        assert box.max_in_flight == 4 and box.requests_by_kind["metadata"] == 1
+        box.reset_counters()
+        await onec.read_free_stock([w.key for w in found.values()])
+    assert items and len(found) == 3
+    assert box.requests_by_kind == {"balance": 3}
+
+
+@pytest.mark.parametrize(
+    ("hidden", "read", "named"),
+    [
+        ("Catalog_Номенклатура", "items", "Справочник.Номенклатура (Catalog_Номенклатура)"),
+        ("Catalog_Склады", "warehouses", "Справочник.Склады (Catalog_Склады)"),
+        (
+            "AccumulationRegister_ТоварыНаСкладах",
+            "stock",
+            "РегистрНакопления.ТоварыНаСкладах (AccumulationRegister_ТоварыНаСкладах)",
+        ),
+    ],
+)
+async def test_a_read_of_an_unpublished_set_names_the_composition(
+    dataset: DemoDataset, hidden: str, read: str, named: str
+) -> None:
+    """A read's own 404 on a set left out of the composition gives way to the $metadata verdict."""
+    box = OneCSandbox(dataset)
+    box.unpublished = {hidden}
+    box.metadata_latency_s = 0.2  # the read's 404 comes back first
+    keys = [dataset.warehouse_key(name) for name in NAMES]
+    calls: dict[str, Callable[[OneCConnector], Awaitable[object]]] = {
+        "items": lambda onec: onec.read_items(),
+        "warehouses": lambda onec: onec.resolve_warehouses(NAMES),
+        "stock": lambda onec: onec.read_free_stock(keys),
+    }
+    async with connected(box) as onec:
+        with pytest.raises(PermanentError) as caught:
+            await calls[read](onec)
+    assert caught.value.code == "composition"
+    assert named in str(caught.value) and "Состав" in str(caught.value)
+    assert box.requests_by_kind["metadata"] == 1 and box.requests_by_kind["error"] >= 1

@@ -10,15 +10,21 @@
 The connector owns one ``aiohttp.ClientSession``. ``$metadata`` is read once, on first use (and
 again on ``check``), to pick the UT 11.4/11.5 dialect and to verify that every object the hub
 uses is published. Reads issued concurrently share ``settings.max_concurrency``.
+
+Only the norms and the writes need the dialect. The other reads go out together with the
+``$metadata`` request (a real UT's is ~17 MB and takes seconds) but return only once the
+publication is verified, and when the publication is incomplete, its verification's message —
+naming what to add to the OData composition — is the error, not the 404 a read got.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from decimal import Decimal
 from types import TracebackType
+from typing import Any, TypeVar
 
 import structlog
 from pydantic import SecretStr
@@ -38,10 +44,12 @@ from daemon.onec.metadata import (
 from daemon.onec.norms import read_norms
 from daemon.onec.settings import OneCSettings
 from daemon.onec.stock import read_free_stock
-from daemon.onec.transport import ODataTransport, since
+from daemon.onec.transport import ODataTransport, since, task_group
 from daemon.ports import CheckResult, OpenTransferLine
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class OneCConnector:
@@ -51,8 +59,9 @@ class OneCConnector:
         self._settings = settings
         self._transport = ODataTransport(settings, password)
         self._schema: OneCSchema | None = None
+        # The one $metadata read in flight, shared by every caller that needs it meanwhile.
+        self._loading: asyncio.Task[OneCSchema] | None = None
         self._context: transfers.OrderContext | None = None
-        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"OneCConnector(base_url={str(self._settings.base_url)!r})"
@@ -67,6 +76,12 @@ class OneCConnector:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        loading, self._loading = self._loading, None
+        if loading is not None:
+            loading.cancel()  # its callers are gone; nothing else may outlive the session
+            await asyncio.wait([loading])
+            if not loading.cancelled():
+                loading.exception()  # seen by its callers, or they are gone: no one to tell
         await self._transport.close()
 
     @property
@@ -88,29 +103,57 @@ class OneCConnector:
         )
         return meta
 
+    async def _load_schema(self) -> OneCSchema:
+        meta = await self._fetch_metadata()
+        schema = detect_schema(meta, self._settings.ut_version)
+        verify_published(meta, schema)
+        log.info("onec_version", version=schema.version, detected=schema.detected)
+        self._schema = schema
+        return schema
+
+    def _start_loading(self) -> asyncio.Task[OneCSchema]:
+        """The $metadata read in flight, or a new one (the last one ended, or failed)."""
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.create_task(self._load_schema(), name="onec-metadata")
+        return self._loading
+
     async def load_metadata(self, *, refresh: bool = False) -> OneCSchema:
         """The UT dialect, from ``$metadata`` read once and cached; PermanentError naming what
         is missing from the OData composition."""
-        async with self._lock:
-            if self._schema is None or refresh:
-                meta = await self._fetch_metadata()
-                schema = detect_schema(meta, self._settings.ut_version)
-                verify_published(meta, schema)
-                log.info("onec_version", version=schema.version, detected=schema.detected)
-                self._schema = schema
+        if self._schema is not None and not refresh:
             return self._schema
+        # Shielded: a caller cancelled does not cancel the read the others wait for.
+        return await asyncio.shield(self._start_loading())
+
+    async def _published(self, read: Coroutine[Any, Any, T]) -> T:
+        """``read``'s result, sent alongside the $metadata read when that has not been done,
+        and returned once the publication is verified. An incomplete publication is the error
+        even when ``read`` failed first (on an unpublished set 1C answers a bare 404)."""
+        if self._schema is not None:
+            return await read
+        loading = self._start_loading()
+        try:
+            async with task_group() as group:
+                result = group.create_task(read)
+                group.create_task(self.load_metadata())
+        except ConnectorError:
+            # Whichever failed first: the verification's own error, when there is one, says
+            # what to do about it.
+            await asyncio.shield(loading)
+            raise
+        return result.result()
 
     # -- reads -----------------------------------------------------------------------------
 
     async def resolve_warehouses(self, names: Sequence[str]) -> dict[str, Warehouse]:
-        await self.load_metadata()
-        return await catalogs.resolve_warehouses(
-            self._transport, names, self._settings.warehouse_keys, self._settings.max_url_bytes
+        return await self._published(
+            catalogs.resolve_warehouses(
+                self._transport, names, self._settings.warehouse_keys, self._settings.max_url_bytes
+            )
         )
 
     async def read_items(self) -> list[Item]:
-        await self.load_metadata()
-        return await catalogs.read_items(self._transport)
+        return await self._published(catalogs.read_items(self._transport))
 
     async def read_norms(self, warehouse_keys: Sequence[str]) -> dict[tuple[str, str], Norm]:
         schema = await self.load_metadata()
@@ -125,13 +168,13 @@ class OneCConnector:
     async def read_free_stock(
         self, warehouse_keys: Sequence[str]
     ) -> dict[tuple[str, str], Decimal]:
-        await self.load_metadata()
-        return await read_free_stock(self._transport, warehouse_keys)
+        return await self._published(read_free_stock(self._transport, warehouse_keys))
 
     async def read_open_transfers(self, receiver_keys: Sequence[str]) -> list[OpenTransferLine]:
-        await self.load_metadata()
-        return await open_transfers.read_open_transfers(
-            self._transport, receiver_keys, max_url_bytes=self._settings.max_url_bytes
+        return await self._published(
+            open_transfers.read_open_transfers(
+                self._transport, receiver_keys, max_url_bytes=self._settings.max_url_bytes
+            )
         )
 
     # -- writes ----------------------------------------------------------------------------
@@ -206,9 +249,8 @@ class OneCConnector:
             line(steps[3], False, str(exc))
             return skip_rest(steps[4:], "objects missing")
         line(steps[3], True, "all published")
-        async with self._lock:
-            self._schema = schema
-            self._context = None
+        self._schema = schema
+        self._context = None
         try:
             context = await self._order_context(schema)
             detail = f"organization {context.organization[1]!r}"

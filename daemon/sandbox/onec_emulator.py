@@ -73,6 +73,7 @@ class OneCSandbox:
         self.orders = TransferOrders(self.db)
         self.latency_s = 0.0  # added to every request
         self.balance_latency_s = 0.0  # added to every virtual-table call (they are slow)
+        self.metadata_latency_s = 0.0  # added to $metadata (a real UT's: 17 MB, seconds)
         self.fault_rate = 0.0  # probability of a random 500/502/hang on any request
         self.hang_s = 2.0  # how long a "timeout" fault holds the request before dropping it
         self.drop_after_commit = 0  # the next N creating POSTs commit, then drop the connection
@@ -241,6 +242,8 @@ class _Handler:
         root = f"{request.scheme}://{request.host}{PREFIX}"
         if path == "$metadata":
             box.requests_by_kind["metadata"] += 1
+            if box.metadata_latency_s > 0:
+                await asyncio.sleep(box.metadata_latency_s)
             return web.Response(
                 body=box.metadata_xml(), content_type="application/xml", charset="utf-8"
             )
