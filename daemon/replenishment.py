@@ -88,20 +88,24 @@ async def gather_inputs(
         for name in (target.warehouse, *target.donors):
             if name not in names:
                 names.append(name)
-    await progress("resolve warehouses", {"warehouses": len(names)})
-    warehouses = await onec.resolve_warehouses(names)
-    keys = [warehouses[name].key for name in names]
-    target_whs = [warehouses[t.warehouse] for t in targets]
 
-    await progress("read 1C and МойСклад", {})
+    reading = asyncio.Event()  # the phases follow each other even when the reads do not
 
     async def items_and_products() -> tuple[list[Item], dict[str, Product]]:
         items = await onec.read_items()
+        await reading.wait()
         await progress("match МойСклад products", {"items": len(items)})
         return items, await moysklad.match_products(items)
 
+    await progress("resolve warehouses", {"warehouses": len(names)})
     async with asyncio.TaskGroup() as group:
+        # The items need no warehouse: they are read while the warehouses are resolved.
         items_task = group.create_task(items_and_products())
+        warehouses = await onec.resolve_warehouses(names)
+        keys = [warehouses[name].key for name in names]
+        target_whs = [warehouses[t.warehouse] for t in targets]
+        await progress("read 1C and МойСклад", {})
+        reading.set()
         norms_task = group.create_task(onec.read_norms(keys))
         stock_task = group.create_task(onec.read_free_stock(keys))
         transfers_task = group.create_task(onec.read_open_transfers([t.key for t in target_whs]))
@@ -162,6 +166,7 @@ def plan_item_rows(plan: ReplenishmentPlan, run_id: str) -> list[PlanItemRow]:
     """
     rows: list[PlanItemRow] = []
     append = rows.append
+    dumps = orjson.dumps
     for target in plan.targets:
         name = target.target.name
         for decision in target.decisions:
@@ -176,7 +181,7 @@ def plan_item_rows(plan: ReplenishmentPlan, run_id: str) -> list[PlanItemRow]:
                     item.name,
                     decision.decision,
                     decision.reason,
-                    orjson.dumps(decision.detail()).decode(),
+                    dumps(decision.detail()).decode(),
                 )
             )
     return rows

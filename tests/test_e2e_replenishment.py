@@ -148,3 +148,51 @@ async def test_failure_among_concurrent_reads_keeps_the_remote_reason(
     assert run["reason"].startswith("moysklad: ") and "401" in run["reason"], run["reason"]
     assert json.loads((await hub.ctl("--json", "outbox")).out)["entries"] == []
     assert await hub.stop() == 0
+
+
+async def test_unknown_warehouse_fails_the_run_by_name_while_items_are_read(
+    sandboxes: Sandboxes, hub_factory: Any
+) -> None:
+    """A donor 1C does not know fails the run with a reason naming it, although the items were
+    already being read alongside, and nothing is enqueued."""
+    text = sandboxes.config.read_text(encoding="utf-8")
+    sandboxes.config.write_text(text.replace('"Контейнер"', '"Контейнер «Север»"'), "utf-8")
+    hub = await _start(sandboxes, hub_factory)
+    result = await hub.ctl("run", "replenishment", "--follow", timeout=120)
+    assert result.code == 1
+    run = json.loads((await hub.ctl("--json", "runs")).out)["runs"][0]
+    assert run["status"] == "failed" and "Контейнер «Север»" in run["reason"], run["reason"]
+    assert json.loads((await hub.ctl("--json", "outbox")).out)["entries"] == []
+    assert await hub.stop() == 0
+
+
+async def test_follow_streams_the_phases_in_order_with_their_counts(
+    sandboxes: Sandboxes, hub_factory: Any
+) -> None:
+    """hubctl --json run --dry-run --follow streams each phase once, in order, with the counts
+    known then, and ends with one finished event; the stored run keeps every phase's duration."""
+    hub = await _start(sandboxes, hub_factory)
+    result = await hub.ctl("--json", "run", "replenishment", "--dry-run", "--follow", timeout=120)
+    assert result.code == 0, (result.out, result.err)
+    events = [json.loads(line) for line in result.out.splitlines() if line.strip()]
+    phases = [e for e in events if e["kind"] == "phase"]
+    assert [e["phase"] for e in phases] == [
+        "resolve warehouses",
+        "read 1C and МойСклад",
+        "match МойСклад products",
+        "plan",
+        "store plan",
+    ]
+    assert phases[0]["counts"] == {"warehouses": "3"}
+    live_items = [i for i in sandboxes.dataset.items if not i.is_folder and not i.deletion_mark]
+    assert phases[2]["counts"] == {"items": str(len(live_items))}
+    assert set(phases[3]["counts"]) == {"items", "norms", "products_matched"}
+    assert phases[4]["counts"]["documents"] == "0"  # a dry run creates nothing
+    assert events[-1]["kind"] == "finished" and [e["kind"] for e in events].count("finished") == 1
+    final = events[-1]["run"]
+    assert final["status"] == "succeeded" and final["dry_run"] is True
+    assert [p["name"] for p in final["phases"]] == [e["phase"] for e in phases]
+    assert all(p["seconds"] >= 0 for p in final["phases"])
+    assert {k: v for k, v in final["counts"].items() if k in phases[4]["counts"]} == phases[4][
+        "counts"
+    ]
