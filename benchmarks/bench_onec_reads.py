@@ -4,13 +4,17 @@
 
 The UT emulator runs in its own process (as a real 1C server would), with the given latency on
 every request; one unmeasured pass warms it first (see ``main``), then the best of three passes
-is reported. The hub side — ``OneCConnector`` with default settings — reads $metadata,
-resolves the warehouses, then reads items, norms (with packages), free stock and incoming
-transfers concurrently, as a run does. Printed, each next to its reference:
+is reported. The hub side — ``OneCConnector`` with default settings — reads as a run does
+(``replenishment.gather_inputs``): the items at once, and the warehouse lookup beside them (both
+go out together with $metadata); once the warehouses are known, the norms (with package sizes),
+free stock and incoming transfers, all concurrently. Printed, each next to its reference:
 
 * requests made vs the minimum for that data: one request per ``page_size`` rows of each paged
-  set (items, norm rows), one for $metadata, warehouses, packages and the open-orders lookup,
-  and one ``Balance`` call for the stock of all warehouses;
+  set (items; norm rows, the group setting rows among them; the package catalog), one each for
+  $metadata, the warehouses and the open-orders lookup, and one ``Balance`` call for the stock
+  of all warehouses. The connector makes more: a ``/$count`` per paged read (items, norms,
+  packages), a query of its own for the group setting rows, and one ``Balance`` per warehouse
+  (each computed by 1C with the warehouse in ``Condition``);
 * wall time vs that minimum × latency / max_concurrency;
 * peak RSS of the hub process (``resource.getrusage``), and of the emulator for information.
 """
@@ -58,8 +62,8 @@ def _minimum(n_items: int, page_size: int) -> dict[str, int]:
         and n.characteristic_key == EMPTY_GUID
         and (n.warehouse_key in keys or (n.is_group and n.warehouse_key == EMPTY_GUID))
     ]
-    pages = -(-len(live) // page_size) + -(-len(norm_rows) // page_size)
-    return {"pages": pages, "singles": 6, "items": len(live), "norm_rows": len(norm_rows)}
+    pages = sum(-(-n // page_size) for n in (len(live), len(norm_rows), len(dataset.packages)))
+    return {"pages": pages, "singles": 4, "items": len(live), "norm_rows": len(norm_rows)}
 
 
 def _serve(n_items: int, latency_s: float, pipe: Connection) -> None:

@@ -104,6 +104,7 @@ ROW_KEYS = ["value", "Ref_Key", "Description", "odata.metadata"]
 ITEM_KEYS = [*ROW_KEYS, "Code", "Артикул"]
 NORM_KEYS = [
     *ROW_KEYS,
+    "Склад_Key",
     "Номенклатура_Key",
     "ГруппировкаТоварныхОграничений_Key",
     "МинимальноеКоличествоЗапаса",

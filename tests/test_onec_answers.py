@@ -3,6 +3,7 @@ malformed answer costs (a skipped item, a failed read naming the row, an outcome
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -169,6 +170,44 @@ async def test_a_bad_stock_quantity_fails_the_read_naming_the_item(spoiled: Spoi
     error = caught.value
     assert error.code == "malformed" and key in str(error) and "'12,5'" in str(error)
     assert re.search(r"item [0-9a-f-]{36} on warehouse", str(error))
+
+
+NORMS = route("InformationRegister_ТоварныеОграничения")
+
+
+async def test_a_norm_row_for_a_warehouse_not_asked_for_fails_the_read(spoiled: Spoiled) -> None:
+    """A norm row filed under a warehouse the query did not ask for (or under no GUID) fails
+    the read naming the item: filed anywhere, it could be another warehouse's norm."""
+    async with spoiled.connector() as onec:
+        found = await onec.resolve_warehouses(NAMES)
+        keys = [found[name].key for name in NAMES[:2]]
+        other = found[NAMES[2]].key
+        for value, says in (
+            (other, f"Склад_Key {other} is not a warehouse asked for"),
+            (7, "Склад_Key is 7, not a GUID"),
+        ):
+            spoiled.proxy.arm(Edit(put(value, "value", 0, "Склад_Key")), NORMS + r"\?", times=1)
+            with pytest.raises(PermanentError) as caught:
+                await onec.read_norms(keys)
+            assert caught.value.code == "malformed" and says in str(caught.value)
+            assert re.search(r"Номенклатура_Key [0-9a-f-]{36}", str(caught.value))
+
+
+async def test_the_collector_is_left_as_it_was(spoiled: Spoiled) -> None:
+    """Answers are converted with the cyclic GC paused; after a read, a failed one too, it
+    is on again, and one turned off by someone else stays off."""
+    async with spoiled.connector(page_size=8) as onec:
+        assert len(await onec.read_items()) == 24 and gc.isenabled()
+        spoiled.proxy.arm(Edit(put("x", "value", 0, "ВНаличииBalance")), STOCK, times=1)
+        with pytest.raises(PermanentError):
+            await onec.read_free_stock([spoiled.box.dataset.warehouse_key(NAMES[0])])
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            await onec.read_items()
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
 
 
 def transfer(spoiled: Spoiled, idempotency_key: str) -> TransferOrderDocument:

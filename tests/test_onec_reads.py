@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from decimal import Decimal
 from decimal import Decimal as D
+from urllib.parse import unquote
 
 import pytest
 
@@ -255,3 +256,63 @@ async def test_emulator_version_114_norms(dataset: DemoDataset) -> None:
     groups = [k for k, e in dataset.expected.items() if e.case == "group_norm"]
     assert groups and all(norms[(k, target)].source == "group" for k in groups)
     assert all(wh != EMPTY_GUID for _, wh in norms)
+
+
+def norm_requests(box: OneCSandbox) -> list[str]:
+    """The norm register requests among those sent, decoded."""
+    return [unquote(r) for r in box.raw_requests if "ТоварныеОграничения" in unquote(r)]
+
+
+async def test_norms_of_all_warehouses_come_in_one_paged_query(dataset: DemoDataset) -> None:
+    """Three warehouses are one query (one count, disjoint pages) and give what three give."""
+    box = OneCSandbox(dataset)
+    async with connected(box, page_size=7) as onec:
+        keys = await keys_of(onec)
+        separately = {}
+        for key in keys:
+            separately.update(await onec.read_norms([key]))
+        box.reset_counters()
+        together = await onec.read_norms(keys)
+    assert together == separately and len(together) > 7
+    sent = norm_requests(box)
+    counts = [r for r in sent if "/$count" in r]
+    assert len(counts) == 1 and all(f"Склад_Key eq guid'{key}'" in counts[0] for key in keys)
+    rows = sum(
+        1
+        for n in dataset.norms
+        if n.active and n.characteristic_key == EMPTY_GUID and n.warehouse_key in keys
+    )
+    # The pages of the one query, its count, and the group settings' own short query.
+    assert len(sent) == -(-rows // 7) + 2
+
+
+async def test_norm_queries_are_cut_to_fit_the_url_limit(dataset: DemoDataset) -> None:
+    """When the warehouses do not fit one URL they are queried in batches, with equal norms."""
+    box = OneCSandbox(dataset)
+    async with connected(box, page_size=7) as onec:
+        keys = await keys_of(onec)
+        together = await onec.read_norms(keys)
+    async with connected(box, page_size=7, max_url_bytes=1800) as onec:
+        box.reset_counters()
+        batched = await onec.read_norms(keys)
+    assert batched == together
+    counts = [r for r in norm_requests(box) if "/$count" in r]
+    assert len(counts) == 3 and all(r.count("Склад_Key eq") == 1 for r in counts)
+    assert all(len(r.split(" ", 1)[1]) - len(PREFIX) <= 1800 for r in box.raw_requests)
+
+
+async def test_a_small_package_catalog_is_read_with_the_norms(dataset: DemoDataset) -> None:
+    """A catalog of a few pages is read whole beside the norms; a larger one only by key."""
+    box = OneCSandbox(dataset)
+    results = []
+    for page_size, whole in ((2, True), (1, False)):  # 8 packages: 4 pages, then 8
+        async with connected(box, page_size=page_size) as onec:
+            keys = await keys_of(onec)
+            box.reset_counters()
+            results.append(await onec.read_norms(keys))
+        sent = [unquote(r) for r in box.raw_requests if "УпаковкиЕдиницыИзмерения" in unquote(r)]
+        pages = [r for r in sent if "$skip=" in r]
+        by_key = [r for r in sent if "Ref_Key eq guid" in r]
+        assert (len(pages), len(by_key)) == ((len(dataset.packages) // 2, 0) if whole else (0, 1))
+    assert results[0] == results[1]
+    assert any(norm.package_size not in (None, 1) for norm in results[0].values())

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
-from itertools import chain
 from typing import Any, NamedTuple
 
 import structlog
@@ -62,39 +61,59 @@ class NormRow(NamedTuple):
     package: str
 
 
-ITEM = "Номенклатура_Key"
+WAREHOUSE, ITEM = "Склад_Key", "Номенклатура_Key"
 MINIMUM, MAXIMUM = "МинимальноеКоличествоЗапаса", "МаксимальноеКоличествоЗапаса"
 METHOD, PACKAGE = "МетодОбеспеченияПотребностей", "УпаковкаЗаказа_Key"
+CHARACTERISTIC = "Характеристика_Key"
+# A package catalog of at most this many pages is read whole alongside the norms (that many
+# requests, under the norm pages); a larger one is looked up by key once the norms are known,
+# a round trip after them.
+PACKAGE_PAGES_UP_FRONT = 4
 
 
-def norm_rows(page: list[Any], warehouse: str, group: str) -> list[NormRow]:
-    """The rows of one page read for ``warehouse`` (EMPTY_GUID: the group setting rows)."""
+def norm_rows(
+    page: list[Any], asked: Mapping[str, str], group: str, numbers: dict[int, Decimal]
+) -> list[NormRow]:
+    """The rows of one page of a query for the warehouses in ``asked`` (``Склад_Key`` as 1C
+    writes it → the key the norm is filed under; EMPTY_GUID: the group setting rows).
+
+    ``numbers`` holds the whole quantities already seen, so that equal ones are one object:
+    norms are told apart by their values, and a Decimal caches its hash."""
     rows: list[NormRow] = []
     append = rows.append
     low, high = -LIMIT, LIMIT
-    item: Any  # as 1C sent them, until checked
+    sent: Any  # as 1C sent them, until checked
+    item: Any
     grouping: Any
     package: Any
     minimum: Any
     maximum: Any
     for r in page:
         if type(r) is dict:
+            sent = r.get(WAREHOUSE)
+            # ``asked`` holds lower-case keys, as 1C writes them; one in capitals is the same.
+            warehouse = (asked.get(sent) or asked.get(sent.lower())) if type(sent) is str else None
             item, grouping, package = r.get(ITEM), r.get(group), r.get(PACKAGE)
             minimum, maximum, method = r.get(MINIMUM), r.get(MAXIMUM), r.get(METHOD)
             # The plain case inline (whole numbers; no group and no package, which most rows
             # name as the empty GUID); ``quantity`` and ``guid_text`` for anything else.
-            minimum = (
-                Decimal(minimum)
-                if type(minimum) is int and low < minimum < high
-                else quantity(minimum)
-            )
-            maximum = (
-                Decimal(maximum)
-                if type(maximum) is int and low < maximum < high
-                else quantity(maximum)
-            )
+            if type(minimum) is int:
+                known = numbers.get(minimum)
+                if known is None and low < minimum < high:
+                    known = numbers[minimum] = Decimal(minimum)
+                minimum = known
+            else:
+                minimum = quantity(minimum)
+            if type(maximum) is int:
+                known = numbers.get(maximum)
+                if known is None and low < maximum < high:
+                    known = numbers[maximum] = Decimal(maximum)
+                maximum = known
+            else:
+                maximum = quantity(maximum)
             if (
-                type(item) is str
+                warehouse is not None
+                and type(item) is str
                 and guid_text(item) is not None
                 and (grouping == EMPTY_GUID or (type(grouping) is str and guid_text(grouping)))
                 and (package == EMPTY_GUID or (type(package) is str and guid_text(package)))
@@ -104,14 +123,24 @@ def norm_rows(page: list[Any], warehouse: str, group: str) -> list[NormRow]:
             ):
                 append(NormRow(warehouse, item, grouping, minimum, maximum, method, package))
                 continue
-        raise _bad_norm(r, warehouse, group)
+        raise _bad_norm(r, asked, group)
     return rows
 
 
-def _bad_norm(row: Any, warehouse: str, group: str) -> PermanentError:
-    where = "group settings" if warehouse == EMPTY_GUID else f"warehouse {warehouse}"
+def _bad_norm(row: Any, asked: Mapping[str, str], group: str) -> PermanentError:
     if not isinstance(row, dict):
-        return malformed("norms", f"{where}: a row that is {shape(row)}, not an object")
+        return malformed("norms", f"a row that is {shape(row)}, not an object")
+    sent = valid_key(row.get(WAREHOUSE))
+    if sent is None:
+        return malformed(
+            "norms",
+            f"{row_label(row, ITEM)}: {WAREHOUSE} is {field_shape(row, WAREHOUSE)}, not a GUID",
+        )
+    if sent.lower() not in asked:
+        return malformed(
+            "norms", f"{row_label(row, ITEM)}: {WAREHOUSE} {sent} is not a warehouse asked for"
+        )
+    where = "group settings" if sent == EMPTY_GUID else f"warehouse {sent.lower()}"
     label = f"{where}, {row_label(row, ITEM)}"
     for name in (ITEM, group, PACKAGE):
         if valid_key(row.get(name)) is None:
@@ -124,34 +153,45 @@ def _bad_norm(row: Any, warehouse: str, group: str) -> PermanentError:
     return malformed("norms", f"{label}: {METHOD} is {field_shape(row, METHOD)}, not text")
 
 
-def resolve(rows: Iterable[NormRow]) -> dict[tuple[str, str], tuple[NormRow, str]]:
-    """(item, warehouse) → (effective row, "item" | "group"), before the method check."""
-    detailed: dict[tuple[str, str], NormRow] = {}
-    membership: dict[tuple[str, str], NormRow] = {}
-    settings: dict[str, NormRow] = {}
-    empty = EMPTY_GUID
-    for row in rows:
-        # Indexing rather than field names: this runs once per norm row.
-        warehouse, item, grouping = row[0], row[1], row[2]
-        if item != empty and warehouse != empty:
-            key = (item, warehouse)
-            if grouping == empty:
-                detailed[key] = row
-            else:
-                # An item in two groups on one warehouse would double UT's own join; the
-                # lowest group key wins so the choice is at least stable.
-                held = membership.get(key)
-                if held is None or grouping < held.group:
-                    membership[key] = row
-        elif item == empty and warehouse == empty and grouping != empty:
-            settings[grouping] = row
-    resolved: dict[tuple[str, str], tuple[NormRow, str]] = {
-        key: (row, "item") for key, row in detailed.items()
-    }
-    for key, member in membership.items():
-        if key not in resolved:
-            resolved[key] = (settings.get(member.group, member), "group")
-    return resolved
+class Resolution:
+    """UT's resolution (see the module docstring), fed page by page as the pages arrive, so
+    that little is left to do once the last one is in."""
+
+    def __init__(self) -> None:
+        self.detailed: dict[tuple[str, str], NormRow] = {}
+        self.membership: dict[tuple[str, str], NormRow] = {}
+        self.settings: dict[str, NormRow] = {}
+
+    def add(self, rows: Iterable[NormRow]) -> None:
+        detailed, membership, settings = self.detailed, self.membership, self.settings
+        empty = EMPTY_GUID
+        for row in rows:
+            # Indexing rather than field names: this runs once per norm row.
+            warehouse, item, grouping = row[0], row[1], row[2]
+            if item != empty and warehouse != empty:
+                key = (item, warehouse)
+                if grouping == empty:
+                    detailed[key] = row
+                else:
+                    # An item in two groups on one warehouse would double UT's own join; the
+                    # lowest group key wins so the choice is at least stable.
+                    held = membership.get(key)
+                    if held is None or grouping < held.group:
+                        membership[key] = row
+            elif item == empty and warehouse == empty and grouping != empty:
+                settings[grouping] = row
+
+    def effective(self) -> dict[tuple[str, str], tuple[NormRow, str]]:
+        """(item, warehouse) → (effective row, "item" | "group"), where that row's method is
+        min-max."""
+        detailed, settings = self.detailed, self.settings
+        found = {key: (row, "item") for key, row in detailed.items() if row.method == MINMAX}
+        for key, member in self.membership.items():
+            if key not in detailed:
+                row = settings.get(member.group, member)
+                if row.method == MINMAX:
+                    found[key] = (row, "group")
+        return found
 
 
 async def read_norms(
@@ -164,93 +204,136 @@ async def read_norms(
 ) -> dict[tuple[str, str], Norm]:
     """Effective min/max norms per (item key, warehouse key) for ``warehouse_keys``."""
     started = time.monotonic()
-    wanted = {key.lower() for key in warehouse_keys}
+    wanted = sorted({key.lower() for key in warehouse_keys})
     group = schema.group_field
-    # The warehouse is fixed by each query, so rows do not repeat it.
-    select = (ITEM, group, MINIMUM, MAXIMUM, METHOD, PACKAGE)
-
+    select = (WAREHOUSE, ITEM, group, MINIMUM, MAXIMUM, METHOD, PACKAGE)
     empty = odata.guid(EMPTY_GUID)
     active = "ЭтоДействующийПараметр eq true"
-    # One query per warehouse (concurrent, and short enough for IIS's 2048-byte query limit:
-    # the Cyrillic names make each one ~1.7 KB) plus one for the group setting rows, which have
-    # neither warehouse nor item.
-    queries = [
-        (
-            key,
-            odata.all_of(
-                active,
-                odata.eq("Склад_Key", odata.guid(key)),
-                odata.eq("Характеристика_Key", empty),
-            ),
-            ("Номенклатура_Key", group),
+    # The key of a row is (warehouse, item, characteristic, group), the characteristic fixed
+    # by the filter: in this order the pages are disjoint.
+    by_warehouse = (WAREHOUSE, ITEM, group)
+
+    def for_warehouses(literals: Sequence[str]) -> str:
+        return odata.all_of(
+            active, odata.eq(CHARACTERISTIC, empty), odata.any_of(WAREHOUSE, literals)
         )
-        for key in sorted(wanted)
+
+    def farthest(literals: Sequence[str]) -> str:
+        where = for_warehouses(literals)
+        return transport.farthest_page(NORMS, where=where, select=select, orderby=by_warehouse)
+
+    # All the warehouses in one query when its URL fits (IIS cuts query strings at 2048
+    # bytes and the Cyrillic names take ~1.8 KB, so about three do), else in batches: every
+    # query costs a /$count and ends in a partial page. The group setting rows, which have
+    # neither warehouse nor item, are a query of their own (one short page).
+    key_of = {odata.guid(key): key for key in wanted}
+    runs = odata.batches(list(key_of), farthest, max_url_bytes) if key_of else []
+    # (filter, Склад_Key the rows may carry → the key their norms are filed under, order,
+    # whether the rows surely span pages)
+    queries: list[tuple[str, dict[str, str], tuple[str, ...], bool]] = [
+        (for_warehouses(run), {key_of[k]: key_of[k] for k in run}, by_warehouse, True)
+        for run in runs
     ]
     queries.append(
         (
-            EMPTY_GUID,
-            odata.all_of(active, odata.eq("Склад_Key", empty), odata.eq("Номенклатура_Key", empty)),
-            (group, "Характеристика_Key"),
+            odata.all_of(active, odata.eq(WAREHOUSE, empty), odata.eq(ITEM, empty)),
+            {EMPTY_GUID: EMPTY_GUID},
+            (group, CHARACTERISTIC),
+            False,
         )
     )
 
-    def converter(warehouse: str) -> Callable[[list[Any]], list[Any]]:
-        return lambda page: norm_rows(page, warehouse, group)
+    resolution = Resolution()
+    numbers: dict[int, Decimal] = {}
+
+    def converter(asked: dict[str, str]) -> Callable[[list[Any]], list[Any]]:
+        def convert(page: list[Any]) -> list[Any]:
+            rows = norm_rows(page, asked, group, numbers)
+            resolution.add(rows)
+            return rows
+
+        return convert
 
     tasks: list[asyncio.Task[list[Any]]] = []
     async with task_group() as tasks_group:
-        # The package catalog's size decides later how packages are looked up; asking now
-        # takes that round trip off the end of the read.
-        catalog = tasks_group.create_task(transport.count(PACKAGES, "", what="packages"))
-        for warehouse, where, orderby in queries:
+        # Asked now, so that a small catalog is read under the norm pages, not after them.
+        catalog = tasks_group.create_task(_package_catalog(transport, page_size))
+        for where, asked, orderby, large in queries:
             read = transport.get_all(
                 NORMS,
                 where=where,
                 select=select,
                 orderby=orderby,
                 what="norms",
-                large=warehouse != EMPTY_GUID,
-                convert=converter(warehouse),
+                large=large,
+                convert=converter(asked),
+                ahead=True,  # resolved once all are in: the other reads' pages run under that
             )
             tasks.append(tasks_group.create_task(read))
-    # Every resolved key's warehouse is one of the queries' (lower-cased ``wanted``) keys.
-    effective = {
-        key: found
-        for key, found in resolve(chain.from_iterable(task.result() for task in tasks)).items()
-        if found[0].method == MINMAX
-    }
+    # Every resolved key's warehouse is one of the (lower-cased) ``wanted`` keys.
+    effective = resolution.effective()
     package_keys = sorted({row.package for row, _ in effective.values()} - {EMPTY_GUID})
+    catalog_size, catalog_rows = catalog.result()
     sizes = await read_package_sizes(
         transport,
         package_keys,
-        catalog_size=catalog.result(),
+        catalog_size=catalog_size,
+        catalog_rows=catalog_rows,
         page_size=page_size,
         max_url_bytes=max_url_bytes,
     )
     norms: dict[tuple[str, str], Norm] = {}
     # Norms are immutable and repeat (about a thousand distinct among tens of thousands):
     # one object per distinct norm costs a dict lookup instead of a dataclass build each.
-    made: dict[tuple[Decimal, Decimal, str | None, Decimal | None, str], Norm] = {}
+    made: dict[tuple[Decimal, Decimal, str, str], Norm] = {}
     for key, (row, source) in effective.items():
-        package = None if row.package == EMPTY_GUID else row.package
-        size = sizes.get(package) if package else None
-        if package and size is None:
-            log.warning("onec_norm_package_unknown", item_key=key[0], package_key=package)
-            package = None
-        spec = (row.minimum, row.maximum, package, size, source)
+        spec = (row[3], row[4], row[6], source)  # minimum, maximum, package, source
         norm = made.get(spec)
         if norm is None:
+            package = None if row.package == EMPTY_GUID else row.package
+            size = sizes.get(package) if package else None
             norm = made[spec] = Norm(
                 minimum=row.minimum,
                 maximum=row.maximum if row.maximum > 0 else None,
-                package_key=package,
+                package_key=package if size is not None else None,
                 package_size=size,
                 source=source,
             )
+        if norm.package_key is None and spec[2] != EMPTY_GUID:
+            log.warning("onec_norm_package_unknown", item_key=key[0], package_key=spec[2])
         norms[key] = norm
     rows = sum(len(task.result()) for task in tasks)
-    log.info("onec_read", what="norms", rows=rows, norms=len(norms), elapsed_s=since(started))
+    log.info(
+        "onec_read",
+        what="norms",
+        rows=rows,
+        queries=len(queries),
+        norms=len(norms),
+        elapsed_s=since(started),
+    )
     return norms
+
+
+PACKAGE_FIELDS = ("Ref_Key", "Числитель", "Знаменатель")
+
+
+async def _package_catalog(
+    transport: ODataTransport, page_size: int
+) -> tuple[int, list[Any] | None]:
+    """(entries in the package catalog, all its rows when it is small enough to read whole)."""
+    size = await transport.count(PACKAGES, "", what="packages")
+    if -(-size // page_size) > PACKAGE_PAGES_UP_FRONT:
+        return size, None
+    rows = await transport.get_all(
+        PACKAGES,
+        where="",
+        select=PACKAGE_FIELDS,
+        orderby=("Ref_Key",),
+        what="packages",
+        count=size,
+        ahead=True,
+    )
+    return size, rows
 
 
 async def read_package_sizes(
@@ -260,14 +343,18 @@ async def read_package_sizes(
     catalog_size: int,
     page_size: int,
     max_url_bytes: int,
+    catalog_rows: list[Any] | None = None,
 ) -> dict[str, Decimal]:
     """Base units per package (Числитель / Знаменатель) for the given package keys.
 
-    Looked up by key in batches; when that would take more requests than reading the whole
-    catalog (``catalog_size`` entries) page by page, the catalog is read instead."""
+    From ``catalog_rows`` when the whole catalog was read already; otherwise looked up by key
+    in batches, or, when that would take more requests than reading the whole catalog
+    (``catalog_size`` entries) page by page, the catalog is read instead."""
     if not keys:
         return {}
-    select = "Ref_Key,Числитель,Знаменатель"
+    if catalog_rows is not None:
+        return _sizes(catalog_rows, set(keys))
+    select = ",".join(PACKAGE_FIELDS)
 
     def render(run: Sequence[str]) -> str:
         return odata.relative_url(
@@ -286,7 +373,7 @@ async def read_package_sizes(
         rows = await transport.get_all(
             PACKAGES,
             where="",
-            select=select.split(","),
+            select=PACKAGE_FIELDS,
             orderby=("Ref_Key",),
             what="packages",
             count=catalog_size,

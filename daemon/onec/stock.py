@@ -14,10 +14,10 @@ so would change the plan.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import structlog
@@ -25,14 +25,13 @@ import structlog
 from daemon.onec import odata
 from daemon.onec.answers import LIMIT, guid_text, malformed, need_quantity, row_label
 from daemon.onec.metadata import STOCK
-from daemon.onec.transport import ODataTransport, rows_of, since, task_group
+from daemon.onec.transport import AHEAD, ODataTransport, since, task_group
 
 log = structlog.get_logger(__name__)
 
 ITEM, ON_HAND, RESERVED = "Номенклатура_Key", "ВНаличииBalance", "КОтгрузкеBalance"
 # The warehouse is fixed by the Condition, so rows carry only the item (a third less JSON).
 _SELECT = f"{ITEM},{ON_HAND},{RESERVED}"
-_YIELD_EVERY = 2000  # rows converted between two chances for the other reads to move on
 
 
 def balance_url(transport: ODataTransport, warehouse_key: str) -> str:
@@ -49,46 +48,53 @@ async def read_free_stock(
 ) -> dict[tuple[str, str], Decimal]:
     """(item key, warehouse key) → free stock; pairs with no balance row are absent (0)."""
     started = time.monotonic()
-    free: dict[tuple[str, str], Decimal] = {}
-    counted = [0]
-
-    async def read(warehouse: str) -> None:
-        answer = await transport.get_json(balance_url(transport, warehouse), what="stock balance")
-        rows = rows_of(answer, "stock balance")
-        low, high = -LIMIT, LIMIT
-        item: Any  # as 1C sent it, until checked
-        for start in range(0, len(rows), _YIELD_EVERY):
-            if start:
-                await asyncio.sleep(0)  # a long answer: let the other requests move on
-            for row in rows[start : start + _YIELD_EVERY]:
-                item = row.get(ITEM) if type(row) is dict else None
-                if type(item) is not str or guid_text(item) is None:
-                    raise malformed(
-                        "stock balance",
-                        f"warehouse {warehouse}: a row without a GUID item key "
-                        f"({row_label(row, ITEM)})",
-                    )
-                pair = (item, warehouse)
-                on_hand, reserved = row.get(ON_HAND), row.get(RESERVED)
-                if (
-                    type(on_hand) is int
-                    and type(reserved) is int
-                    and low < on_hand < high
-                    and low < reserved < high
-                ):
-                    amount = Decimal(on_hand - reserved)  # the common case, one conversion
-                else:
-                    label = f"item {item} on warehouse {warehouse}"
-                    amount = need_quantity(row, ON_HAND, "stock balance", label)
-                    amount -= need_quantity(row, RESERVED, "stock balance", label)
-                # One row per item is the norm (Dimensions='Номенклатура'); add up just in case.
-                previous = free.get(pair)
-                free[pair] = amount if previous is None else previous + amount
-        counted[0] += len(rows)
-
+    tasks = []
     async with task_group() as group:
         for warehouse_key in dict.fromkeys(warehouse_keys):
-            group.create_task(read(warehouse_key))
-    rows = counted[0]
+            read = transport.get_rows(
+                balance_url(transport, warehouse_key),
+                what="stock balance",
+                convert=partial(_free_stock, warehouse=warehouse_key),
+                # Nothing waits for a balance to ask for more, as it waits for a count.
+                priority=AHEAD,
+            )
+            tasks.append(group.create_task(read))
+    free: dict[tuple[str, str], Decimal] = {}
+    rows = 0
+    for task in tasks:
+        sent, part = task.result()
+        rows += sent
+        free.update(part)
     log.info("onec_read", what="free_stock", rows=rows, elapsed_s=since(started))
+    return free
+
+
+def _free_stock(rows: list[Any], warehouse: str) -> dict[tuple[str, str], Decimal]:
+    """(item key, ``warehouse``) → free stock, from the rows of one warehouse's balance."""
+    free: dict[tuple[str, str], Decimal] = {}
+    low, high = -LIMIT, LIMIT
+    item: Any  # as 1C sent it, until checked
+    for row in rows:
+        item = row.get(ITEM) if type(row) is dict else None
+        if type(item) is not str or guid_text(item) is None:
+            raise malformed(
+                "stock balance",
+                f"warehouse {warehouse}: a row without a GUID item key ({row_label(row, ITEM)})",
+            )
+        pair = (item, warehouse)
+        on_hand, reserved = row.get(ON_HAND), row.get(RESERVED)
+        if (
+            type(on_hand) is int
+            and type(reserved) is int
+            and low < on_hand < high
+            and low < reserved < high
+        ):
+            amount = Decimal(on_hand - reserved)  # the common case, one conversion
+        else:
+            label = f"item {item} on warehouse {warehouse}"
+            amount = need_quantity(row, ON_HAND, "stock balance", label)
+            amount -= need_quantity(row, RESERVED, "stock balance", label)
+        # One row per item is the norm (Dimensions='Номенклатура'); add up just in case.
+        previous = free.get(pair)
+        free[pair] = amount if previous is None else previous + amount
     return free
