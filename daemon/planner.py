@@ -146,7 +146,11 @@ def plan_replenishment(inputs: PlanningInputs) -> ReplenishmentPlan:
     taken: dict[tuple[str, str], Decimal] = {}
     try:
         with localcontext(_CONTEXT):
-            targets = tuple(_plan_target(t, items, ranks, inputs, taken) for t in inputs.targets)
+            last = len(inputs.targets) - 1
+            targets = tuple(
+                _plan_target(t, items, ranks, inputs, taken, record_taken=index < last)
+                for index, t in enumerate(inputs.targets)
+            )
     except (Inexact, InvalidOperation, Overflow) as exc:
         raise RunFailedError(
             "a stock, norm or incoming quantity cannot be planned with exact decimal "
@@ -217,13 +221,15 @@ def _plan_target(
     ranks: Sequence[int],
     inputs: PlanningInputs,
     taken: dict[tuple[str, str], Decimal],
+    *,
+    record_taken: bool,
 ) -> TargetPlan:
     target = target_inputs.target
     target_key = target.key
     incoming = target_inputs.incoming
     norms = inputs.norms
     free_stock = inputs.free_stock
-    deficits = _DeficitCover(target_inputs, inputs, taken)
+    deficits = _DeficitCover(target_inputs, inputs, taken, record_taken=record_taken)
     cover = deficits.cover
     placed: list[ItemDecision | None] = [None] * len(items)
     no_norm = ok = 0
@@ -291,6 +297,7 @@ class _DeficitCover:
         "_match_key",
         "_norms",
         "_products",
+        "_record_taken",
         "_taken",
         "external_lines",
         "transfer_lines",
@@ -302,6 +309,8 @@ class _DeficitCover:
         target_inputs: TargetInputs,
         inputs: PlanningInputs,
         taken: dict[tuple[str, str], Decimal],
+        *,
+        record_taken: bool,
     ) -> None:
         self._donors = target_inputs.donors
         self._free_stock = inputs.free_stock
@@ -309,6 +318,8 @@ class _DeficitCover:
         self._products = inputs.products
         self._match_key = inputs.match_key
         self._taken = taken
+        # Only a later target reads what this one took; the last one need not write it down.
+        self._record_taken = record_taken
         self.transfer_lines: list[list[tuple[int, TransferLinePlan]]] = [[] for _ in self._donors]
         self.external_lines: list[tuple[int, ExternalLinePlan]] = []
         self.unmapped: list[tuple[int, UnmappedItem]] = []
@@ -335,12 +346,15 @@ class _DeficitCover:
         free_stock = self._free_stock
         norms = self._norms
         taken = self._taken
+        record_taken = self._record_taken
         open_need = need_rounded
         takes: list[DonorTake] = []
         for index, donor in enumerate(self._donors):
             pair = (key, donor.key)
-            earlier = taken.get(pair, _ZERO)
-            donor_free = free_stock.get(pair, _ZERO) - earlier
+            earlier = taken.get(pair, _ZERO) if taken else _ZERO
+            donor_free = free_stock.get(pair, _ZERO)
+            if earlier:
+                donor_free -= earlier
             donor_norm = norms.get(pair)
             donor_min = _ZERO if donor_norm is None else donor_norm.minimum
             spare = donor_free - donor_min
@@ -353,7 +367,8 @@ class _DeficitCover:
                 take = usable if usable < open_need else open_need
                 if take:
                     open_need -= take
-                    taken[pair] = earlier + take
+                    if record_taken:
+                        taken[pair] = earlier + take
                     packages = take if package is None else take / package
                     self.transfer_lines[index].append(
                         (rank, TransferLinePlan(key, take, packages, package_key))

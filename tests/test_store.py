@@ -93,3 +93,37 @@ async def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
         assert await db.fetchone("SELECT * FROM job_state WHERE job = 'y'") is None
     finally:
         await db.close()
+
+
+async def test_plan_items_keep_their_rows_and_are_found_by_run_after_0004(tmp_path: Path) -> None:
+    """Plan items stored before 0004 are all still there, in plan order, and the plan query
+    finds a run's items through the run_id index, not by scanning every run's items."""
+    from daemon.store import runs as run_store
+    from daemon.store.runs import RunRecord
+
+    path = tmp_path / "hub.sqlite3"
+    old = await open_database(path, migrate_to=3)
+    for run_id in ("run-a", "run-b"):
+        await run_store.insert_run(old, RunRecord(run_id, "replenishment", "manual", True, "ok", 0))
+        async with old.transaction() as conn:
+            await run_store.insert_plan_item_rows(
+                conn,
+                [
+                    (run_id, "Магазин", f"key-{n}", f"УТ-{9 - n}", "", "", "ok", "fine", "{}")
+                    for n in range(10)
+                ],
+            )
+    await old.close()
+    db = await open_database(path)
+    try:
+        items = await run_store.plan_items(db, "run-b")
+        assert [i.code for i in items] == [f"УТ-{n}" for n in range(10)]
+        assert {i.item_key for i in items} == {f"key-{n}" for n in range(10)}
+        plan = await db.fetchall(
+            "EXPLAIN QUERY PLAN SELECT target, item_key FROM plan_items WHERE run_id = ?"
+            " ORDER BY target, code, item_key",
+            ("run-b",),
+        )
+        assert any("plan_items_by_run" in str(row[-1]) for row in plan), [r[-1] for r in plan]
+    finally:
+        await db.close()
