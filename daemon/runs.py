@@ -14,7 +14,7 @@ import copy
 import gc
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -304,22 +304,26 @@ class RunManager:
 
         undelivered = await undelivered_documents(self._db)
         gathered = await gather_inputs(config, self._onec, self._moysklad, undelivered, progress)
-        plan, rows = await asyncio.to_thread(_plan_and_rows, gathered.planning, record.id)
-        counts = plan.counts()
-        zone = config.jobs[record.job].timezone if record.job in config.jobs else "Europe/Moscow"
-        documents = (
-            []
-            if record.dry_run
-            else build_documents(plan, record.id, datetime.now(UTC), config, zone)
-        )
-        counts["documents"] = len(documents)
-        await self._phase(active, "store plan", counts)
-        record.status = "succeeded"
-        async with self._db.transaction() as conn:
-            await run_store.insert_plan_item_rows(conn, rows)
-            if documents:
-                await outbox_store.enqueue(conn, record.id, documents, self._clock())
-            await run_store.save_progress(conn, record)
+        with _collector_paused():
+            plan, rows = await asyncio.to_thread(_plan_and_rows, gathered.planning, record.id)
+            counts = plan.counts()
+            zone = (
+                config.jobs[record.job].timezone if record.job in config.jobs else "Europe/Moscow"
+            )
+            documents = (
+                []
+                if record.dry_run
+                else build_documents(plan, record.id, datetime.now(UTC), config, zone)
+            )
+            counts["documents"] = len(documents)
+            await self._phase(active, "store plan", counts)
+            record.status = "succeeded"
+            async with self._db.transaction() as conn:
+                await run_store.insert_plan_item_rows(conn, rows)
+                if documents:
+                    await outbox_store.enqueue(conn, record.id, documents, self._clock())
+                await run_store.save_progress(conn, record)
+            del plan, rows  # freed by reference counting while the collector still sleeps
         if documents:
             self._wake_outbox()
         _log.info(
@@ -333,18 +337,23 @@ class RunManager:
 def _plan_and_rows(
     planning: PlanningInputs, run_id: str
 ) -> tuple[ReplenishmentPlan, list[run_store.PlanItemRow]]:
-    """Plan and render the plan items: CPU work for a worker thread.
+    """Plan and render the plan items: CPU work for a worker thread."""
+    plan = plan_replenishment(planning)
+    return plan, plan_item_rows(plan, run_id)
 
-    The cyclic garbage collector is paused meanwhile: planning 100,000 items allocates a few
-    hundred thousand objects that live until the plan is stored, none of them in a reference
-    cycle, and each full collection over the daemon's heap would cost more than the planning
-    itself.
-    """
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a run plans and stores its plan.
+
+    Planning 100,000 items allocates a few hundred thousand objects that live until the plan is
+    stored, and none of them is part of a reference cycle: every collection meanwhile would scan
+    them (and a full one the daemon's whole heap) for nothing, costing more than the planning
+    itself. They are freed by reference counting before the collector runs again."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        plan = plan_replenishment(planning)
-        return plan, plan_item_rows(plan, run_id)
+        yield
     finally:
         if was_enabled:
             gc.enable()
