@@ -109,19 +109,17 @@ async def _run(base: str, settings_extra: dict[str, Any]) -> tuple[float, int, d
     settings = OneCSettings(base_url=base, username="hub", **settings_extra)  # type: ignore[arg-type]
     started = time.perf_counter()
     async with OneCConnector(settings, SecretStr("sandbox")) as onec:
-
-        async def by_warehouse() -> tuple[Any, Any, Any]:
+        # As ``replenishment.gather_inputs``: the items need no warehouse, so they are read
+        # while the warehouses are resolved; the rest once the warehouses are known.
+        async with asyncio.TaskGroup() as group:
+            items_task = group.create_task(onec.read_items())
             found = await onec.resolve_warehouses(WAREHOUSES)
             keys = [found[name].key for name in WAREHOUSES]
-            return await asyncio.gather(
-                onec.read_norms(keys),
-                onec.read_free_stock(keys),
-                onec.read_open_transfers(keys[:1]),
-            )
-
-        # As ``replenishment.gather_inputs``: items need no warehouse keys, so they start at
-        # once, alongside the lookup; the rest follows the lookup.
-        items, (norms, free, incoming) = await asyncio.gather(onec.read_items(), by_warehouse())
+            norms_task = group.create_task(onec.read_norms(keys))
+            free_task = group.create_task(onec.read_free_stock(keys))
+            incoming_task = group.create_task(onec.read_open_transfers(keys[:1]))
+        items, norms = items_task.result(), norms_task.result()
+        free, incoming = free_task.result(), incoming_task.result()
         elapsed = time.perf_counter() - started
         sizes = {"items": len(items), "norms": len(norms), "free": len(free), "in": len(incoming)}
         return elapsed, onec.request_count, sizes

@@ -264,7 +264,8 @@ def norm_requests(box: OneCSandbox) -> list[str]:
 
 
 async def test_norms_of_all_warehouses_come_in_one_paged_query(dataset: DemoDataset) -> None:
-    """Three warehouses are one query (one count, disjoint pages) and give what three give."""
+    """Three warehouses and the group settings are one query (one count, disjoint pages),
+    and give what three queries give."""
     box = OneCSandbox(dataset)
     async with connected(box, page_size=7) as onec:
         keys = await keys_of(onec)
@@ -277,13 +278,15 @@ async def test_norms_of_all_warehouses_come_in_one_paged_query(dataset: DemoData
     sent = norm_requests(box)
     counts = [r for r in sent if "/$count" in r]
     assert len(counts) == 1 and all(f"Склад_Key eq guid'{key}'" in counts[0] for key in keys)
+    assert f"Склад_Key eq guid'{EMPTY_GUID}'" in counts[0]
     rows = sum(
         1
         for n in dataset.norms
-        if n.active and n.characteristic_key == EMPTY_GUID and n.warehouse_key in keys
+        if n.active
+        and n.characteristic_key == EMPTY_GUID
+        and n.warehouse_key in [*keys, EMPTY_GUID]
     )
-    # The pages of the one query, its count, and the group settings' own short query.
-    assert len(sent) == -(-rows // 7) + 2
+    assert len(sent) == -(-rows // 7) + 1  # the pages of the one query and its count
 
 
 async def test_norm_queries_are_cut_to_fit_the_url_limit(dataset: DemoDataset) -> None:

@@ -69,6 +69,7 @@ CHARACTERISTIC = "Характеристика_Key"
 # requests, under the norm pages); a larger one is looked up by key once the norms are known,
 # a round trip after them.
 PACKAGE_PAGES_UP_FRONT = 4
+_BUILD_STRETCH = 2048  # norms built between two chances for the other reads to move on
 
 
 def norm_rows(
@@ -211,37 +212,26 @@ async def read_norms(
     active = "ЭтоДействующийПараметр eq true"
     # The key of a row is (warehouse, item, characteristic, group), the characteristic fixed
     # by the filter: in this order the pages are disjoint.
-    by_warehouse = (WAREHOUSE, ITEM, group)
+    orderby = (WAREHOUSE, ITEM, group)
 
-    def for_warehouses(literals: Sequence[str]) -> str:
+    def where(literals: Sequence[str]) -> str:
         return odata.all_of(
             active, odata.eq(CHARACTERISTIC, empty), odata.any_of(WAREHOUSE, literals)
         )
 
     def farthest(literals: Sequence[str]) -> str:
-        where = for_warehouses(literals)
-        return transport.farthest_page(NORMS, where=where, select=select, orderby=by_warehouse)
+        return transport.farthest_page(NORMS, where=where(literals), select=select, orderby=orderby)
 
-    # All the warehouses in one query when its URL fits (IIS cuts query strings at 2048
-    # bytes and the Cyrillic names take ~1.8 KB, so about three do), else in batches: every
-    # query costs a /$count and ends in a partial page. The group setting rows, which have
-    # neither warehouse nor item, are a query of their own (one short page).
-    key_of = {odata.guid(key): key for key in wanted}
-    runs = odata.batches(list(key_of), farthest, max_url_bytes) if key_of else []
-    # (filter, Склад_Key the rows may carry → the key their norms are filed under, order,
-    # whether the rows surely span pages)
-    queries: list[tuple[str, dict[str, str], tuple[str, ...], bool]] = [
-        (for_warehouses(run), {key_of[k]: key_of[k] for k in run}, by_warehouse, True)
-        for run in runs
+    # The group setting rows are those with no warehouse (and no item: rows with an item but
+    # no warehouse, if a base has any, are read and left out by ``Resolution``). All in one
+    # query when its URL fits — IIS cuts query strings at 2048 bytes and the Cyrillic names
+    # take ~1.7 KB, so three warehouses and the settings do — else in batches: every query
+    # costs a /$count and ends in a partial page.
+    key_of = {odata.guid(key): key for key in [*wanted, EMPTY_GUID]}
+    queries = [
+        {key_of[literal]: key_of[literal] for literal in run}
+        for run in odata.batches(list(key_of), farthest, max_url_bytes)
     ]
-    queries.append(
-        (
-            odata.all_of(active, odata.eq(WAREHOUSE, empty), odata.eq(ITEM, empty)),
-            {EMPTY_GUID: EMPTY_GUID},
-            (group, CHARACTERISTIC),
-            False,
-        )
-    )
 
     resolution = Resolution()
     numbers: dict[int, Decimal] = {}
@@ -258,14 +248,17 @@ async def read_norms(
     async with task_group() as tasks_group:
         # Asked now, so that a small catalog is read under the norm pages, not after them.
         catalog = tasks_group.create_task(_package_catalog(transport, page_size))
-        for where, asked, orderby, large in queries:
+        # ``asked``: Склад_Key the rows may carry → the key their norms are filed under.
+        for asked in queries:
             read = transport.get_all(
                 NORMS,
-                where=where,
+                where=where([odata.guid(key) for key in asked]),
                 select=select,
                 orderby=orderby,
                 what="norms",
-                large=large,
+                # A warehouse's rows surely span pages: ask the count with the first one.
+                # The settings alone are a few rows.
+                large=list(asked) != [EMPTY_GUID],
                 convert=converter(asked),
                 ahead=True,  # resolved once all are in: the other reads' pages run under that
             )
@@ -286,7 +279,11 @@ async def read_norms(
     # Norms are immutable and repeat (about a thousand distinct among tens of thousands):
     # one object per distinct norm costs a dict lookup instead of a dataclass build each.
     made: dict[tuple[Decimal, Decimal, str, str], Norm] = {}
-    for key, (row, source) in effective.items():
+    for index, (key, (row, source)) in enumerate(effective.items()):
+        if not index % _BUILD_STRETCH:
+            # Other reads' answers arrive meanwhile: their slots are passed on between
+            # stretches rather than after the whole build.
+            await asyncio.sleep(0)
         spec = (row[3], row[4], row[6], source)  # minimum, maximum, package, source
         norm = made.get(spec)
         if norm is None:
