@@ -34,6 +34,7 @@ from daemon.onec.answers import (
     valid_key,
 )
 from daemon.onec.metadata import ITEMS, ORGANIZATIONS, PRIORITIES, WAREHOUSES
+from daemon.onec.paging import read_all
 from daemon.onec.transport import ODataTransport, rows_of, since
 
 log = structlog.get_logger(__name__)
@@ -227,7 +228,8 @@ def _item_or_reason(row: dict[str, Any]) -> Item | str:
 async def read_items(transport: ODataTransport) -> list[Item]:
     """Every item that is not a folder and not marked for deletion, in Ref_Key order."""
     started = time.monotonic()
-    items: list[Item] = await transport.get_all(
+    items: list[Item] = await read_all(
+        transport,
         ITEMS,
         where=_LIVE,
         select=("Ref_Key", "Code", "Description", "Артикул"),

@@ -13,6 +13,11 @@ Only then is the method checked: the effective row must say ``Поддержан
 works per item, not per characteristic, so only rows with an empty ``Характеристика`` are read.
 A maximum of 0 means "not set" (the target level is then the minimum).
 
+The rows of every wanted warehouse and the group setting rows (those with no warehouse) come
+from one paged query whenever its URL fits ``max_url_bytes`` (batches of warehouses when it does
+not); each row carries its ``Склад_Key``. Pages are resolved as they arrive, so that little is
+left to do once the last one is in; package sizes come from ``daemon.onec.packages``.
+
 A norm row or a needed package row that is not what 1C sends (a key that is not a GUID, a
 quantity that is not a number) fails the read with a message naming the item or the package:
 dropping the row could let a group's norm stand in for the item's own, and a minimum read as 0
@@ -42,8 +47,10 @@ from daemon.onec.answers import (
     shape,
     valid_key,
 )
-from daemon.onec.metadata import NORMS, PACKAGES, OneCSchema
-from daemon.onec.transport import ODataTransport, rows_of, since, task_group
+from daemon.onec.metadata import NORMS, OneCSchema
+from daemon.onec.packages import package_catalog, read_package_sizes
+from daemon.onec.paging import farthest_page, read_all
+from daemon.onec.transport import ODataTransport, since, task_group
 
 log = structlog.get_logger(__name__)
 
@@ -65,10 +72,6 @@ WAREHOUSE, ITEM = "Склад_Key", "Номенклатура_Key"
 MINIMUM, MAXIMUM = "МинимальноеКоличествоЗапаса", "МаксимальноеКоличествоЗапаса"
 METHOD, PACKAGE = "МетодОбеспеченияПотребностей", "УпаковкаЗаказа_Key"
 CHARACTERISTIC = "Характеристика_Key"
-# A package catalog of at most this many pages is read whole alongside the norms (that many
-# requests, under the norm pages); a larger one is looked up by key once the norms are known,
-# a round trip after them.
-PACKAGE_PAGES_UP_FRONT = 4
 _BUILD_STRETCH = 2048  # norms built between two chances for the other reads to move on
 
 
@@ -220,7 +223,9 @@ async def read_norms(
         )
 
     def farthest(literals: Sequence[str]) -> str:
-        return transport.farthest_page(NORMS, where=where(literals), select=select, orderby=orderby)
+        return farthest_page(
+            transport, NORMS, where=where(literals), select=select, orderby=orderby
+        )
 
     # The group setting rows are those with no warehouse (and no item: rows with an item but
     # no warehouse, if a base has any, are read and left out by ``Resolution``). All in one
@@ -247,10 +252,11 @@ async def read_norms(
     tasks: list[asyncio.Task[list[Any]]] = []
     async with task_group() as tasks_group:
         # Asked now, so that a small catalog is read under the norm pages, not after them.
-        catalog = tasks_group.create_task(_package_catalog(transport, page_size))
+        catalog = tasks_group.create_task(package_catalog(transport))
         # ``asked``: Склад_Key the rows may carry → the key their norms are filed under.
         for asked in queries:
-            read = transport.get_all(
+            read = read_all(
+                transport,
                 NORMS,
                 where=where([odata.guid(key) for key in asked]),
                 select=select,
@@ -309,102 +315,3 @@ async def read_norms(
         elapsed_s=since(started),
     )
     return norms
-
-
-PACKAGE_FIELDS = ("Ref_Key", "Числитель", "Знаменатель")
-
-
-async def _package_catalog(
-    transport: ODataTransport, page_size: int
-) -> tuple[int, list[Any] | None]:
-    """(entries in the package catalog, all its rows when it is small enough to read whole)."""
-    size = await transport.count(PACKAGES, "", what="packages")
-    if -(-size // page_size) > PACKAGE_PAGES_UP_FRONT:
-        return size, None
-    rows = await transport.get_all(
-        PACKAGES,
-        where="",
-        select=PACKAGE_FIELDS,
-        orderby=("Ref_Key",),
-        what="packages",
-        count=size,
-        ahead=True,
-    )
-    return size, rows
-
-
-async def read_package_sizes(
-    transport: ODataTransport,
-    keys: Sequence[str],
-    *,
-    catalog_size: int,
-    page_size: int,
-    max_url_bytes: int,
-    catalog_rows: list[Any] | None = None,
-) -> dict[str, Decimal]:
-    """Base units per package (Числитель / Знаменатель) for the given package keys.
-
-    From ``catalog_rows`` when the whole catalog was read already; otherwise looked up by key
-    in batches, or, when that would take more requests than reading the whole catalog
-    (``catalog_size`` entries) page by page, the catalog is read instead."""
-    if not keys:
-        return {}
-    if catalog_rows is not None:
-        return _sizes(catalog_rows, set(keys))
-    select = ",".join(PACKAGE_FIELDS)
-
-    def render(run: Sequence[str]) -> str:
-        return odata.relative_url(
-            PACKAGES,
-            [("$format", "json"), ("$filter", odata.any_of("Ref_Key", run)), ("$select", select)],
-        )
-
-    literals = [odata.guid(k) for k in keys]
-    # GUID terms all have one length, so the number of batches is known without cutting them.
-    alone = len(render(literals[:1]))
-    per_key = len(render(literals[:2])) - alone if len(literals) > 1 else 0
-    per_run = 1 + (max_url_bytes - alone) // per_key if per_key else len(literals)
-    expected_runs = -(-len(literals) // max(per_run, 1))
-    rows: list[Any] = []
-    if -(-catalog_size // page_size) < expected_runs:
-        rows = await transport.get_all(
-            PACKAGES,
-            where="",
-            select=PACKAGE_FIELDS,
-            orderby=("Ref_Key",),
-            what="packages",
-            count=catalog_size,
-        )
-    else:
-        tasks = []
-        async with task_group() as group:
-            for run in odata.batches(literals, render, max_url_bytes):
-                relative = transport.checked(render(run))
-                tasks.append(group.create_task(transport.get_json(relative, what="packages")))
-        for task in tasks:
-            rows += rows_of(task.result(), "packages")
-    return _sizes(rows, set(keys))
-
-
-def _sizes(rows: list[Any], wanted: set[str]) -> dict[str, Decimal]:
-    """Size per wanted package; a package row with a bad key, or a wanted one whose numbers
-    are not numbers, fails the read (a size is never guessed)."""
-    sizes: dict[str, Decimal] = {}
-    for row in rows:
-        package = valid_key(row.get("Ref_Key")) if isinstance(row, dict) else None
-        if package is None:
-            raise malformed(
-                "packages", f"a row without a GUID Ref_Key ({row_label(row, 'Ref_Key')})"
-            )
-        if package not in wanted:
-            continue
-        numerator, denominator = quantity(row.get("Числитель")), quantity(row.get("Знаменатель"))
-        if numerator is None or denominator is None:
-            name = "Числитель" if numerator is None else "Знаменатель"
-            raise malformed(
-                "packages", f"package {package}: {name} is {field_shape(row, name)}, not a quantity"
-            )
-        size = numerator / denominator if denominator > 0 else numerator
-        if size > 0:
-            sizes[package] = size
-    return sizes

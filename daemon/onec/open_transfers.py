@@ -31,6 +31,7 @@ from daemon.onec.answers import (
     text,
 )
 from daemon.onec.metadata import ORDER, ORDER_BALANCES
+from daemon.onec.paging import read_all
 from daemon.onec.transport import ODataTransport, rows_of, task_group
 from daemon.ports import OpenTransferLine
 
@@ -54,7 +55,8 @@ async def read_open_transfers(
         f"Статус ne {odata.literal('Закрыт')}",
         odata.substringof(HUB_MARKER, COMMENT),
     )
-    orders = await transport.get_all(
+    orders = await read_all(
+        transport,
         ORDER,
         where=where,
         select=("Ref_Key", COMMENT, SENDER, RECEIVER),

@@ -38,6 +38,7 @@ from daemon.onec.order_answers import (
     order_state,
     stored_order,
 )
+from daemon.onec.paging import read_all
 from daemon.onec.transport import ODataTransport, rows_of
 
 log = structlog.get_logger(__name__)
@@ -148,7 +149,8 @@ async def _find(transport: ODataTransport, doc: TransferOrderDocument) -> OrderS
         f"Date ge {odata.datetime_literal(doc.date - timedelta(days=1))}",
         odata.substringof(doc.idempotency_key, "Комментарий"),
     )
-    rows = await transport.get_all(
+    rows = await read_all(
+        transport,
         ORDER,
         where=where,
         select=("Ref_Key", "Number", "Posted", "DeletionMark", "Комментарий"),
