@@ -72,6 +72,8 @@ async def read_free_stock(
 def _free_stock(rows: list[Any], warehouse: str) -> dict[tuple[str, str], Decimal]:
     """(item key, ``warehouse``) → free stock, from the rows of one warehouse's balance."""
     free: dict[tuple[str, str], Decimal] = {}
+    # Free stock is mostly a few small whole numbers: one Decimal for each, not for each row.
+    numbers: dict[int, Decimal] = {}
     low, high = -LIMIT, LIMIT
     item: Any  # as 1C sent it, until checked
     for row in rows:
@@ -89,12 +91,17 @@ def _free_stock(rows: list[Any], warehouse: str) -> dict[tuple[str, str], Decima
             and low < on_hand < high
             and low < reserved < high
         ):
-            amount = Decimal(on_hand - reserved)  # the common case, one conversion
+            difference = on_hand - reserved  # the common case, one conversion
+            amount = numbers.get(difference)
+            if amount is None:
+                amount = numbers[difference] = Decimal(difference)
         else:
             label = f"item {item} on warehouse {warehouse}"
             amount = need_quantity(row, ON_HAND, "stock balance", label)
             amount -= need_quantity(row, RESERVED, "stock balance", label)
         # One row per item is the norm (Dimensions='Номенклатура'); add up just in case.
-        previous = free.get(pair)
-        free[pair] = amount if previous is None else previous + amount
+        if pair in free:
+            free[pair] += amount
+        else:
+            free[pair] = amount
     return free
