@@ -9,7 +9,8 @@ otherwise); ``odata.metadata`` envelopes; Int64 as strings; ``$metadata`` as EDM
 ``Balance``/``Post``/``Unpost``; the ``$filter`` subset (``+`` is not a space); ``$select``,
 ``$top``, ``$skip``, ``$orderby``, ``$inlinecount``, ``/$count``; ``Balance(Condition=…,
 Dimensions=…)``; 400/404/500 ``odata.error`` bodies with the real codes; the transfer order's
-write and posting rules. Knobs inject latency, a cold start, random faults (500 without
+write and posting rules. Knobs inject latency (on every request, and more on virtual tables
+and on ``$metadata``, both slow on a real UT), a cold start, random faults (500 without
 ``odata.error``, 502, a hang that ends in a dropped connection) and "commit, then drop".
 """
 
