@@ -70,17 +70,6 @@ class DonorTake(NamedTuple):
     take: Decimal
     taken_earlier: Decimal
 
-    def to_dict(self) -> JsonDict:
-        return {
-            "warehouse": _warehouse(self.warehouse),
-            "free": str(self.free),
-            "minimum": str(self.minimum),
-            "spare": str(self.spare),
-            "asked": str(self.asked),
-            "take": str(self.take),
-            "taken_earlier": str(self.taken_earlier),
-        }
-
 
 class Deficit(NamedTuple):
     """How the need of an item below its minimum was covered.
@@ -110,12 +99,26 @@ class Deficit(NamedTuple):
         return sum((d.take for d in self.donors), _ZERO)
 
     def to_dict(self) -> JsonDict:
+        # Once per item below its minimum when a plan is stored: the donors' dicts are built
+        # inline, a method call less per donor.
+        package = self.package_size
         return {
             "target_level": str(self.target_level),
             "need": str(self.need),
             "need_rounded": str(self.need_rounded),
-            "package_size": _dec(self.package_size),
-            "donors": [d.to_dict() for d in self.donors],
+            "package_size": None if package is None else str(package),
+            "donors": [
+                {
+                    "warehouse": {"key": d.warehouse.key, "name": d.warehouse.name},
+                    "free": str(d.free),
+                    "minimum": str(d.minimum),
+                    "spare": str(d.spare),
+                    "asked": str(d.asked),
+                    "take": str(d.take),
+                    "taken_earlier": str(d.taken_earlier),
+                }
+                for d in self.donors
+            ],
             "external": str(self.external),
             "unmapped": str(self.unmapped),
             "match_key": self.match_key,

@@ -299,6 +299,7 @@ class _DeficitCover:
         "_products",
         "_record_taken",
         "_taken",
+        "_walk",
         "external_lines",
         "transfer_lines",
         "unmapped",
@@ -321,6 +322,11 @@ class _DeficitCover:
         # Only a later target reads what this one took; the last one need not write it down.
         self._record_taken = record_taken
         self.transfer_lines: list[list[tuple[int, TransferLinePlan]]] = [[] for _ in self._donors]
+        # What the donor loop needs per donor, looked up once instead of once per item.
+        self._walk = tuple(
+            (donor, donor.key, lines.append)
+            for donor, lines in zip(self._donors, self.transfer_lines, strict=True)
+        )
         self.external_lines: list[tuple[int, ExternalLinePlan]] = []
         self.unmapped: list[tuple[int, UnmappedItem]] = []
 
@@ -349,15 +355,15 @@ class _DeficitCover:
         record_taken = self._record_taken
         open_need = need_rounded
         takes: list[DonorTake] = []
-        for index, donor in enumerate(self._donors):
-            pair = (key, donor.key)
+        for donor, donor_key, add_line in self._walk:
+            pair = (key, donor_key)
             earlier = taken.get(pair, _ZERO) if taken else _ZERO
             donor_free = free_stock.get(pair, _ZERO)
             if earlier:
                 donor_free -= earlier
             donor_norm = norms.get(pair)
             donor_min = _ZERO if donor_norm is None else donor_norm.minimum
-            spare = donor_free - donor_min
+            spare = donor_free - donor_min if donor_min else donor_free
             if spare < _ZERO:
                 spare = _ZERO
             asked = open_need
@@ -370,9 +376,7 @@ class _DeficitCover:
                     if record_taken:
                         taken[pair] = earlier + take
                     packages = take if package is None else take / package
-                    self.transfer_lines[index].append(
-                        (rank, TransferLinePlan(key, take, packages, package_key))
-                    )
+                    add_line((rank, TransferLinePlan(key, take, packages, package_key)))
             takes.append(DonorTake(donor, donor_free, donor_min, spare, asked, take, earlier))
 
         external = unmapped = _ZERO
