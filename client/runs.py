@@ -156,13 +156,19 @@ def _show(api: object, args: argparse.Namespace, out: Output) -> int:
     shown = [i for i in detail.items if args.all or i.decision not in ("ok", "no_norm")]
     hidden = len(detail.items) - len(shown)
     out.line()
-    out.line(f"Plan ({len(shown)} items needing action" + (f", {hidden} fine)" if hidden else ")"))
-    headers, rows = plan_rows(shown)
-    keep = [i for i, h in enumerate(headers) if h != "target"] if _one_target(shown) else None
-    if keep is not None:
-        headers = [headers[i] for i in keep]
-        rows = [[row[i] for i in keep] for row in rows]
-    out.table(headers, rows)
+    if not detail.items and detail.run.counts.get("items", 0):
+        # the run planned items, but its per-item plan has been pruned since
+        out.line("Plan: no longer kept (older than replenishment.plan_retention_days)")
+    else:
+        out.line(
+            f"Plan ({len(shown)} items needing action" + (f", {hidden} fine)" if hidden else ")")
+        )
+        headers, rows = plan_rows(shown)
+        keep = [i for i, h in enumerate(headers) if h != "target"] if _one_target(shown) else None
+        if keep is not None:
+            headers = [headers[i] for i in keep]
+            rows = [[row[i] for i in keep] for row in rows]
+        out.table(headers, rows)
     out.line()
     out.line("Documents:")
     out.table(

@@ -114,6 +114,7 @@ class ReplenishmentSection(_Section):
     desired_arrival_days: int = Field(default=2, ge=0, le=60)
     subtract_open_transfers_at_donors: bool = True
     max_positions_per_order: int = Field(default=1000, ge=1, le=1000)
+    plan_retention_days: int = Field(default=90, ge=1, le=3650)
 
 
 class OutboxSection(_Section):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import Sandboxes
@@ -196,3 +198,31 @@ async def test_follow_streams_the_phases_in_order_with_their_counts(
     assert {k: v for k, v in final["counts"].items() if k in phases[4]["counts"]} == phases[4][
         "counts"
     ]
+
+
+async def test_plans_older_than_the_retention_are_pruned_and_runs_kept(
+    sandboxes: Sandboxes, hub_factory: Any, tmp_path: Path
+) -> None:
+    """After a run, the per-item plans of runs older than plan_retention_days are removed: the
+    old run is still listed with its counts, runs show says its plan is no longer kept, and the
+    new run's plan is whole."""
+    hub = await _start(sandboxes, hub_factory)
+    old = await _run(hub, "--dry-run")
+    old_id = old["run"]["id"]
+    assert await hub.stop() == 0
+    database = tmp_path / "state" / "hub.sqlite3"
+    with sqlite3.connect(database) as conn:  # the old run happened 91 days ago
+        conn.execute("UPDATE runs SET started_at = started_at - 91 * 86400 WHERE id = ?", (old_id,))
+    hub = await _start(sandboxes, hub_factory)
+    new = await _run(hub, "--dry-run")
+    assert len(new["items"]) == len(old["items"]) > 0
+    listed = json.loads((await hub.ctl("--json", "runs")).out)["runs"]
+    assert [r["id"] for r in listed] == [new["run"]["id"], old_id]
+    shown = json.loads((await hub.ctl("--json", "runs", "show", old_id)).out)
+    assert shown.get("items", []) == [] and shown["run"]["counts"] == old["run"]["counts"]
+    human = await hub.ctl("runs", "show", old_id)
+    assert human.code == 0 and "no longer kept" in human.out, human.out
+    assert await hub.stop() == 0
+    with sqlite3.connect(database) as conn:
+        kept = conn.execute("SELECT DISTINCT run_id FROM plan_items").fetchall()
+    assert kept == [(new["run"]["id"],)]

@@ -154,6 +154,23 @@ async def plan_items(db: Database, run_id: str) -> list[PlanItemRecord]:
     ]
 
 
+async def prune_plan_items(db: Database, started_before: float) -> tuple[int, int]:
+    """Remove the plan items of finished runs started before ``started_before``; the runs
+    themselves stay. Returns (runs whose plan was removed, rows removed)."""
+    async with db.transaction() as conn:
+        cursor = await conn.execute(
+            "SELECT DISTINCT run_id FROM plan_items WHERE run_id IN"
+            " (SELECT id FROM runs WHERE started_at < ? AND status != 'running')",
+            (started_before,),
+        )
+        runs = [r[0] for r in await cursor.fetchall()]
+        removed = 0
+        for run_id in runs:
+            deleted = await conn.execute("DELETE FROM plan_items WHERE run_id = ?", (run_id,))
+            removed += deleted.rowcount
+        return len(runs), removed
+
+
 async def fail_interrupted_runs(db: Database, now: float) -> Sequence[str]:
     """Runs still 'running' at start-up were cut off by a stop or crash: mark them failed.
 
