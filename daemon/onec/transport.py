@@ -19,11 +19,10 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp
@@ -37,6 +36,7 @@ from daemon.errors import (
     PermanentError,
     TransientError,
 )
+from daemon.gcpause import collector_paused
 from daemon.onec import odata
 from daemon.onec.answers import MALFORMED, SYSTEM
 from daemon.onec.settings import OneCSettings
@@ -156,7 +156,7 @@ class ODataTransport:
         which then triggers full collections over the whole heap (25 ms each with 20,000
         items, several per run)."""
         body = await self.get(relative, what=what, priority=priority)
-        with _collector_paused():
+        with collector_paused():
             rows = rows_of(_parse(body, what), what)
             del body
             if most is not None and len(rows) > most:
@@ -290,20 +290,6 @@ def _parse(body: bytes, what: str) -> Any:
         raise PermanentError(
             f"1C answered {what} with something that is not JSON", system=SYSTEM, code=MALFORMED
         ) from exc
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic GC off for a stretch of CPU work with no ``await`` in it (nothing else
-    runs meanwhile); left as it was when something else turned it off."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def since(started: float) -> float:
