@@ -4,9 +4,13 @@ callers). The broad malformed-input properties are in ``test_malformed_moysklad.
 
 from __future__ import annotations
 
+import json
+import math
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -14,6 +18,7 @@ from daemon.errors import OutcomeUnknownError, TransientError
 from daemon.model import Item
 from daemon.moysklad.answers import Page, finite_number, is_last, read_page
 from daemon.moysklad.connector import MoySkladConnector
+from daemon.moysklad.transport import _loads
 from daemon.sandbox.moysklad_emulator import MoySkladSandbox, run_moysklad_sandbox
 from tests.hostile import Edit, hostile, put
 from tests.test_moysklad_support import PRODUCTS, connected, make_settings, order_doc
@@ -127,3 +132,36 @@ async def test_a_create_answer_about_another_sync_id_is_outcome_unknown() -> Non
             found = await connector.deliver_customer_order(doc, look_up_first=True)
     assert found.created_now is False
     assert [order["id"] for order in sandbox.orders()] == [found.external_id]
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()  # beyond 64 bits too
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES, st.booleans())
+def test_answers_parse_to_exactly_what_the_standard_parser_gives(
+    value: object, ascii_only: bool
+) -> None:
+    """An answer reads as the very values and types ``json`` gives (integers of any size,
+    floats, text with escapes or Cyrillic), as the connector read them before orjson."""
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+    parsed = _loads(body)
+    assert parsed == json.loads(body)
+    assert repr(parsed) == repr(json.loads(body))  # 1 stays int, 1.0 stays float
+
+
+def test_what_only_the_standard_parser_reads_still_parses() -> None:
+    """NaN, Infinity, a lone surrogate and a 24-digit integer are read as ``json`` reads them,
+    so the rows carrying them are judged one by one, not the whole answer refused."""
+    parsed = _loads(b'{"a": NaN, "b": -Infinity, "c": "\\ud800", "d": 123456789012345678901234}')
+    assert math.isnan(parsed["a"]) and parsed["b"] == float("-inf")
+    assert parsed["c"] == "\ud800" and parsed["d"] == 123456789012345678901234

@@ -118,10 +118,18 @@ def as_quantity(value: Any, what: str, where: str) -> Decimal:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of a list: its rows (not yet checked one by one) and the claimed total."""
+    """One page of a list: its rows (not yet checked one by one, or already turned into what
+    the reader keeps) and the claimed total. ``sent`` is how many rows the server sent, when
+    ``rows`` no longer says it."""
 
     rows: list[Any]
     size: int
+    sent: int | None = None
+
+    @property
+    def count(self) -> int:
+        """Rows the server sent on this page."""
+        return len(self.rows) if self.sent is None else self.sent
 
 
 def read_page(document: Any, what: str) -> Page:
@@ -139,15 +147,15 @@ def is_last(page: Page, offset: int, limit: int, what: str) -> bool:
     only when ``meta.size`` agrees: a short page claiming more rows to come has lost some
     (a truncated list, a dropped row), and reading it as the end would silently leave them
     out. A page with more rows than its own total is as inconsistent."""
-    end = offset + len(page.rows)
-    if page.rows and end > page.size:
+    sent = page.count
+    end = offset + sent
+    if sent and end > page.size:
         raise malformed(what, f"{end} rows up to offset {offset} but meta.size is {page.size}")
-    if len(page.rows) >= limit:
+    if sent >= limit:
         return end >= page.size
     if end < page.size:
         raise malformed(
             what,
-            f"{len(page.rows)} rows at offset {offset} (limit {limit}) "
-            f"although meta.size is {page.size}",
+            f"{sent} rows at offset {offset} (limit {limit}) although meta.size is {page.size}",
         )
     return True

@@ -21,10 +21,10 @@ is skipped with a ``moysklad_product_row_skipped`` warning. A broken page fails 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -42,6 +42,8 @@ from daemon.moysklad.references import filter_value
 from daemon.moysklad.transport import MoySkladTransport, Query
 
 log = structlog.get_logger(__name__)
+
+K = TypeVar("K")  # what a product listing keeps of each row
 
 # Keeps the request line far below the provider's 8 KB header limit once URL-encoded
 # (Cyrillic triples in percent-encoding).
@@ -141,19 +143,26 @@ class ProductMatcher:
         wanted = {value for item in items if (value := item_value(item, self._match_key))}
         if not wanted:
             return {}
-        rows: list[Any]
+        check = self._candidate
+
+        def keep(rows: list[Any]) -> list[tuple[str, _Candidate]]:
+            # Each page's rows become candidates as it arrives; the rows themselves go.
+            return [hit for row in rows if (hit := check(row, wanted, price_type))]
+
+        hits: list[tuple[str, _Candidate]] = []
+        read = 0
+        queries: list[Query] = [{}]
         if len(wanted) <= self._lookup_max:
-            rows = []
-            for chunk in filter_chunks(self._match_key, sorted(wanted)):
-                rows.extend(await self._list({"filter": chunk}))
-        else:
-            rows = await self._list({})
+            queries = [
+                {"filter": chunk} for chunk in filter_chunks(self._match_key, sorted(wanted))
+            ]
+        for query in queries:
+            kept, sent = await self._list(query, keep)
+            hits.extend(kept)
+            read += sent
         index: dict[str, list[_Candidate]] = {}
-        for row in rows:
-            matching = self._candidate(row, wanted, price_type)
-            if matching is not None:
-                value, candidate = matching
-                index.setdefault(value, []).append(candidate)
+        for value, matching in hits:
+            index.setdefault(value, []).append(matching)
         matched: dict[str, Product] = {}
         ambiguous = 0
         for item in items:
@@ -177,7 +186,7 @@ class ProductMatcher:
             items=len(items),
             matched=len(matched),
             ambiguous=ambiguous,
-            products_read=len(rows),
+            products_read=read,
         )
         return matched
 
@@ -221,8 +230,11 @@ class ProductMatcher:
             )
         return value, _Candidate(str(product_id), name, price)
 
-    async def _list(self, query: Query) -> list[Any]:
-        """Every row of ``entity/product`` for ``query`` (rows unchecked; ``_candidate`` does).
+    async def _list(
+        self, query: Query, keep: Callable[[list[Any]], list[K]]
+    ) -> tuple[list[K], int]:
+        """What ``keep`` keeps of every row of ``entity/product`` for ``query`` (each page's rows
+        as they arrive; ``_candidate`` checks them), and how many rows were read.
 
         ``meta.size`` plans the work but is never trusted with it: a claim above
         ``MAX_LISTED_ROWS`` is refused outright, pages go out ``PAGE_WINDOW`` at a time (the
@@ -230,8 +242,9 @@ class ProductMatcher:
         page that ``is_last`` accepts, so a page that lost rows fails the match instead of
         quietly leaving products out."""
         limit = self._page_size
-        first = await self._page(query, 0)
-        rows = list(first.rows)
+        first = await self._page(query, 0, keep)
+        kept = list(first.rows)
+        read = first.count
         last = is_last(first, 0, limit, WHAT)
         size = first.size
         next_page = 1
@@ -241,31 +254,40 @@ class ProductMatcher:
             window = range(next_page, min(-(-size // limit), next_page + PAGE_WINDOW))
             try:
                 async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(self._page(query, page * limit)) for page in window]
+                    tasks = [
+                        group.create_task(self._page(query, page * limit, keep)) for page in window
+                    ]
             except ExceptionGroup as failed:
                 # Callers split on transient/permanent, so they get the first page's own error.
                 raise first_leaf(failed) from None
             for page_number, task in zip(window, tasks, strict=True):
                 page = task.result()
-                rows.extend(page.rows)
+                kept.extend(page.rows)
+                read += page.count
                 size = page.size
                 last = is_last(page, page_number * limit, limit, WHAT)
                 if last:
                     break
             next_page = window.stop
-        return rows
+        return kept, read
 
-    async def _page(self, query: Query, offset: int) -> Page:
-        answer = await self._transport.get(
-            "entity/product", {**query, "limit": self._page_size, "offset": offset}
+    async def _page(self, query: Query, offset: int, keep: Callable[[list[Any]], list[K]]) -> Page:
+        """One page, its rows already turned into what ``keep`` keeps (``Page.count`` still
+        says how many rows came)."""
+
+        def convert(answer: Any) -> Page:
+            page = read_page(answer, WHAT)
+            if page.size > MAX_LISTED_ROWS:
+                raise malformed(
+                    WHAT,
+                    f"meta.size claims {page.size} products, more than the {MAX_LISTED_ROWS} "
+                    "the hub pages through",
+                )
+            return Page(keep(page.rows), page.size, sent=len(page.rows))
+
+        page: Page = await self._transport.get(
+            "entity/product", {**query, "limit": self._page_size, "offset": offset}, convert=convert
         )
-        page = read_page(answer, WHAT)
-        if page.size > MAX_LISTED_ROWS:
-            raise malformed(
-                WHAT,
-                f"meta.size claims {page.size} products, more than the {MAX_LISTED_ROWS} "
-                "the hub pages through",
-            )
         return page
 
 

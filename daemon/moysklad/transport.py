@@ -23,11 +23,12 @@ import gzip
 import json
 import random
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 from multidict import CIMultiDictProxy
 from pydantic import SecretStr
@@ -40,6 +41,7 @@ from daemon.errors import (
     OutcomeUnknownError,
     TransientError,
 )
+from daemon.gcpause import collector_paused
 from daemon.moysklad.circuit import CircuitBreaker
 from daemon.moysklad.failures import (
     SYSTEM,
@@ -193,14 +195,24 @@ class MoySkladTransport:
             return self._settings.report_weight
         return self._settings.request_weight
 
-    async def get(self, path: str, params: Query | None = None) -> Any:
-        return await self.request("GET", path, params=params)
+    async def get(
+        self, path: str, params: Query | None = None, *, convert: Callable[[Any], Any] | None = None
+    ) -> Any:
+        """GET; ``convert``, if given, turns the decoded document into what the caller keeps,
+        with the garbage collector still paused from decoding (see ``_decode``)."""
+        return await self.request("GET", path, params=params, convert=convert)
 
     async def post(self, path: str, body: Any, params: Query | None = None) -> Any:
         return await self.request("POST", path, params=params, body=body)
 
     async def request(
-        self, method: str, path: str, *, params: Query | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Query | None = None,
+        body: Any = None,
+        convert: Callable[[Any], Any] | None = None,
     ) -> Any:
         """Send ``method base_url+path`` and return the decoded JSON document."""
         settings = self._settings
@@ -232,7 +244,7 @@ class MoySkladTransport:
                 settled = True
                 if 200 <= answer.status < 300:
                     self.circuit.record_success(probe)
-                    return _decode(method, path, answer)
+                    return _decode(method, path, answer, convert)
                 self.circuit.record_failure(
                     signature(method, path, answer.status, answer.code, "http"), probe
                 )
@@ -316,7 +328,32 @@ def _transport_error(method: str, url: URL, exc: BaseException) -> ConnectorErro
     return OutcomeUnknownError(what + " (the request may have been applied)", system=SYSTEM)
 
 
-def _decode(method: str, path: str, answer: _Answer) -> Any:
+# 19 digits in a row may be an integer outside 64 bits, which orjson would read as a float.
+# Spotted by mapping every digit to "1" and looking for 19 of them: ten times faster than a
+# regular expression over a 2 MB page.
+_DIGITS_AS_ONES = bytes(0x31 if 0x30 <= byte <= 0x39 else 0x30 for byte in range(256))
+_LONG_NUMBER = b"1" * 19
+
+
+def _loads(body: bytes) -> Any:
+    """The JSON of an answer, exactly as ``json`` reads it, but fast.
+
+    20 pages of 1000 products take a third of a second of the hub's CPU with ``json`` alone.
+    orjson reads the same values for any document it accepts, except integers beyond 64 bits
+    (floats to orjson): a body with a run of 19 digits anywhere goes to ``json``, as does one
+    orjson refuses but ``json`` reads (``NaN``, ``Infinity``, a lone surrogate), so the rows
+    carrying such values are still judged one by one."""
+    if _LONG_NUMBER not in body.translate(_DIGITS_AS_ONES):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body.decode("utf-8"))
+
+
+def _decode(
+    method: str, path: str, answer: _Answer, convert: Callable[[Any], Any] | None = None
+) -> Any:
     """The JSON of a 2xx answer. Every call the hub makes expects a JSON document back, so an
     empty body is as unusable as garbage: a ``TransientError`` for a read, and for a write an
     ``OutcomeUnknownError`` (the server said 2xx, so the document may exist)."""
@@ -327,8 +364,12 @@ def _decode(method: str, path: str, answer: _Answer) -> Any:
             system=SYSTEM,
             status=answer.status,
         )
-    try:
-        return json.loads(answer.body.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        message = f"{method} {path}: HTTP {answer.status} with a body that is not JSON"
-        raise kind(message, system=SYSTEM, status=answer.status) from exc
+    # A page of 1000 products is tens of thousands of objects that live only until
+    # ``convert`` has kept what matters: the collector would walk them for nothing.
+    with collector_paused():
+        try:
+            document = _loads(answer.body)
+        except (ValueError, RecursionError) as exc:
+            message = f"{method} {path}: HTTP {answer.status} with a body that is not JSON"
+            raise kind(message, system=SYSTEM, status=answer.status) from exc
+        return document if convert is None else convert(document)
