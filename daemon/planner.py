@@ -45,7 +45,7 @@ be represented exactly fails the run instead of being silently rounded.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import (
     ROUND_HALF_EVEN,
     Context,
@@ -160,6 +160,60 @@ def plan_replenishment(inputs: PlanningInputs) -> ReplenishmentPlan:
         targets=targets,
         match_key=inputs.match_key,
         max_positions_per_order=inputs.max_positions_per_order,
+    )
+
+
+def with_products(plan: ReplenishmentPlan, products: Mapping[str, Product]) -> ReplenishmentPlan:
+    """The plan ``plan_replenishment`` makes from the same inputs with ``products``, given the
+    plan it made from them with no products at all.
+
+    Products only decide where the need the donors leave goes: to МойСклад or to the unmapped
+    list. So a run can plan while the МойСклад products are still being read, and then only
+    move the items that have a product from unmapped to external here (their donor takes, and
+    every other item, stay as they are). ``plan`` must come from inputs with no products.
+    """
+    return replace(
+        plan, targets=tuple(_target_with_products(t, products, plan) for t in plan.targets)
+    )
+
+
+def _target_with_products(
+    target: TargetPlan, products: Mapping[str, Product], plan: ReplenishmentPlan
+) -> TargetPlan:
+    decisions = list(target.decisions)
+    external_lines: list[ExternalLinePlan] = []
+    for index, decision in enumerate(decisions):
+        deficit = decision.deficit
+        if deficit is None or not deficit.unmapped:
+            continue
+        key = decision.item.key
+        product = products.get(key)
+        if product is None:
+            continue
+        external = deficit.unmapped
+        decisions[index] = decision._replace(
+            decision=TRANSFER_AND_EXTERNAL
+            if decision.decision == TRANSFER_AND_UNMAPPED
+            else EXTERNAL,
+            deficit=deficit._replace(external=external, unmapped=_ZERO),
+        )
+        external_lines.append(ExternalLinePlan(key, product, external, product.price_kopecks))
+    if not external_lines:
+        return target
+    external_orders = _split_orders(target.target, external_lines, plan.max_positions_per_order)
+    unmapped = tuple(u for u in target.unmapped if u.item.key not in products)
+    summary = replace(
+        target.summary,
+        external_lines=len(external_lines),
+        external_orders=len(external_orders),
+        unmapped=len(unmapped),
+    )
+    return replace(
+        target,
+        decisions=tuple(decisions),
+        external_orders=external_orders,
+        unmapped=unmapped,
+        summary=summary,
     )
 
 

@@ -7,7 +7,7 @@ what this module returns.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -20,6 +20,7 @@ from daemon.model import (
     CustomerOrderDocument,
     Document,
     Item,
+    Norm,
     OrderLine,
     Product,
     TransferLine,
@@ -27,7 +28,7 @@ from daemon.model import (
     Warehouse,
     deterministic_uuid,
 )
-from daemon.plan import ReplenishmentPlan
+from daemon.plan import DECISIONS, ReplenishmentPlan
 from daemon.planner import PlanningInputs, TargetInputs
 from daemon.ports import MoySkladPort, OneCPort, OpenTransferLine
 from daemon.store.runs import PlanItemRow
@@ -74,14 +75,26 @@ def undelivered_orders(documents: Iterable[Document], target_key: str) -> dict[s
     return incoming
 
 
+#: Called with the inputs of a run minus the МойСклад products, while those are being read.
+Early = Callable[[PlanningInputs], Awaitable[None]]
+
+
 async def gather_inputs(
     config: HubConfig,
     onec: OneCPort,
     moysklad: MoySkladPort,
     undelivered: Sequence[Document],
     progress: Progress,
+    *,
+    early: Early | None = None,
 ) -> GatheredInputs:
-    """Read everything the planner needs; independent reads run concurrently."""
+    """Read everything the planner needs; independent reads run concurrently.
+
+    The МойСклад products are read last (they need the items) and take longest. ``early``, if
+    given, is called with everything else (``products`` empty) as soon as that is read, so a
+    run can plan meanwhile; the reading ends when ``early`` has. It is not called when the
+    hub's open МойСклад orders bring incoming stock: attributing it to items needs the products.
+    """
     targets = config.replenishment.targets
     names: list[str] = []
     for target in targets:
@@ -91,62 +104,101 @@ async def gather_inputs(
 
     reading = asyncio.Event()  # the phases follow each other even when the reads do not
 
-    async def items_and_products() -> tuple[list[Item], dict[str, Product]]:
-        items = await onec.read_items()
+    async def match_products() -> dict[str, Product]:
+        items = await items_task
         await reading.wait()
         await progress("match МойСклад products", {"items": len(items)})
-        return items, await moysklad.match_products(items)
+        return await moysklad.match_products(items)
+
+    def planning_inputs(products: dict[str, Product]) -> PlanningInputs:
+        return _planning_inputs(
+            config,
+            undelivered,
+            warehouses,
+            items_task.result(),
+            products,
+            norms_task.result(),
+            stock_task.result(),
+            transfers_task.result(),
+            [task.result() for task in orders_tasks],
+        )
+
+    async def plan_early(early: Early) -> None:
+        for task in (items_task, norms_task, stock_task, transfers_task, *orders_tasks):
+            await task
+        if not any(task.result() for task in orders_tasks):
+            await early(planning_inputs({}))
 
     await progress("resolve warehouses", {"warehouses": len(names)})
     async with asyncio.TaskGroup() as group:
         # The items need no warehouse: they are read while the warehouses are resolved.
-        items_task = group.create_task(items_and_products())
+        items_task = group.create_task(onec.read_items())
+        products_task = group.create_task(match_products())
         warehouses = await onec.resolve_warehouses(names)
         keys = [warehouses[name].key for name in names]
-        target_whs = [warehouses[t.warehouse] for t in targets]
+        target_keys = [warehouses[t.warehouse].key for t in targets]
         await progress("read 1C and МойСклад", {})
         reading.set()
         norms_task = group.create_task(onec.read_norms(keys))
         stock_task = group.create_task(onec.read_free_stock(keys))
-        transfers_task = group.create_task(onec.read_open_transfers([t.key for t in target_whs]))
+        transfers_task = group.create_task(onec.read_open_transfers(target_keys))
         orders_tasks = [
-            group.create_task(moysklad.read_incoming_orders(order_code_prefix(t)))
-            for t in target_whs
+            group.create_task(
+                moysklad.read_incoming_orders(order_code_prefix(warehouses[t.warehouse]))
+            )
+            for t in targets
         ]
-    items, products = items_task.result()
+        if early is not None:
+            group.create_task(plan_early(early))
+    planning = planning_inputs(products_task.result())
+    await progress(
+        "plan",
+        {
+            "items": len(planning.items),
+            "norms": len(planning.norms),
+            "products_matched": len(planning.products),
+        },
+    )
+    return GatheredInputs(planning=planning, warehouses=warehouses)
+
+
+def _planning_inputs(
+    config: HubConfig,
+    undelivered: Sequence[Document],
+    warehouses: Mapping[str, Warehouse],
+    items: Sequence[Item],
+    products: Mapping[str, Product],
+    norms: Mapping[tuple[str, str], Norm],
+    stock: Mapping[tuple[str, str], Decimal],
+    transfers: Sequence[OpenTransferLine],
+    orders: Sequence[Mapping[str, Decimal]],
+) -> PlanningInputs:
+    """The planner's inputs from what was read: incoming per target (the hub's open transfer
+    orders in 1C and in the outbox, its open МойСклад orders and those in the outbox), and the
+    donors' free stock less what those transfer orders still owe."""
+    targets = config.replenishment.targets
     item_by_product = {product.id: item_key for item_key, product in products.items()}
-    # incoming at a target and stock promised away at a donor: the hub's open transfer orders
-    # in 1C and those still waiting in the outbox
-    open_lines = [*transfers_task.result(), *undelivered_transfer_lines(undelivered)]
-    free_stock = dict(stock_task.result())
+    open_lines = [*transfers, *undelivered_transfer_lines(undelivered)]
+    free_stock = dict(stock)
     if config.replenishment.subtract_open_transfers_at_donors:
         for line in open_lines:
             key = (line.item_key, line.sender_key)
             free_stock[key] = free_stock.get(key, Decimal(0)) - line.outstanding
-
     target_inputs = []
-    for index, target_wh in enumerate(target_whs):
+    for target, ordered in zip(targets, orders, strict=True):
+        target_wh = warehouses[target.warehouse]
         incoming: dict[str, Decimal] = {}
         for line in open_lines:
             if line.receiver_key == target_wh.key:
                 _add(incoming, {line.item_key: line.outstanding})
         _add(
             incoming,
-            {
-                item_by_product[pid]: qty
-                for pid, qty in orders_tasks[index].result().items()
-                if pid in item_by_product
-            },
+            {item_by_product[pid]: qty for pid, qty in ordered.items() if pid in item_by_product},
         )
         _add(incoming, undelivered_orders(undelivered, target_wh.key))
-        donors = tuple(warehouses[name] for name in targets[index].donors)
+        donors = tuple(warehouses[name] for name in target.donors)
         target_inputs.append(TargetInputs(target=target_wh, donors=donors, incoming=incoming))
-    norms = norms_task.result()
-    await progress(
-        "plan",
-        {"items": len(items), "norms": len(norms), "products_matched": len(products)},
-    )
-    planning = PlanningInputs(
+    return PlanningInputs(
         targets=tuple(target_inputs),
         items={item.key: item for item in items},
         norms=norms,
@@ -155,11 +207,13 @@ async def gather_inputs(
         match_key=config.moysklad.match_key,
         max_positions_per_order=config.replenishment.max_positions_per_order,
     )
-    return GatheredInputs(planning=planning, warehouses=warehouses)
 
 
-def plan_item_rows(plan: ReplenishmentPlan, run_id: str) -> list[PlanItemRow]:
-    """Every item decision of every target as a ``plan_items`` row (inputs, decision, reason).
+def plan_item_rows(
+    plan: ReplenishmentPlan, run_id: str, decisions: Collection[str] = DECISIONS
+) -> list[PlanItemRow]:
+    """Every item decision of every target whose code is in ``decisions`` as a ``plan_items``
+    row (inputs, decision, reason).
 
     Pure CPU work (a worker thread may run it); built straight from the decisions because a run
     of 100,000 items stores 100,000 rows.
@@ -167,9 +221,12 @@ def plan_item_rows(plan: ReplenishmentPlan, run_id: str) -> list[PlanItemRow]:
     rows: list[PlanItemRow] = []
     append = rows.append
     dumps = orjson.dumps
+    wanted = frozenset(decisions)
     for target in plan.targets:
         name = target.target.name
         for decision in target.decisions:
+            if decision.decision not in wanted:
+                continue
             item = decision.item
             append(
                 (

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import gc
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -23,9 +22,10 @@ import structlog
 
 from daemon.config import HubConfig
 from daemon.errors import DrainingError, HubError, NotFoundError, RunFailedError
+from daemon.gcpause import collector_paused
 from daemon.model import CustomerOrderDocument, Document, TransferOrderDocument
-from daemon.plan import ReplenishmentPlan
-from daemon.planner import PlanningInputs, plan_replenishment
+from daemon.plan import DECISIONS, NO_NORM, OK, TRANSFER, ReplenishmentPlan
+from daemon.planner import PlanningInputs, plan_replenishment, with_products
 from daemon.ports import MoySkladPort, OneCPort
 from daemon.replenishment import (
     build_documents,
@@ -319,9 +319,25 @@ class RunManager:
             await self._phase(active, phase, counts)
 
         undelivered = await undelivered_documents(self._db)
-        gathered = await gather_inputs(config, self._onec, self._moysklad, undelivered, progress)
-        with _collector_paused():
-            plan, rows = await asyncio.to_thread(_plan_and_rows, gathered.planning, record.id)
+        early: list[tuple[ReplenishmentPlan, list[run_store.PlanItemRow]]] = []
+
+        async def plan_early(planning: PlanningInputs) -> None:
+            # While МойСклад's products are read: plan without them, and render the rows of
+            # the decisions products cannot change.
+            _log.info("run_planning_before_products")
+            early.append(await asyncio.to_thread(_plan_without_products, planning, record.id))
+
+        gathered = await gather_inputs(
+            config, self._onec, self._moysklad, undelivered, progress, early=plan_early
+        )
+        with collector_paused():
+            if early:
+                plan, rows = await asyncio.to_thread(
+                    _add_products, *early[0], gathered.planning, record.id
+                )
+            else:
+                plan, rows = await asyncio.to_thread(_plan_and_rows, gathered.planning, record.id)
+            early.clear()  # the early plan is not needed past here
             counts = plan.counts()
             zone = (
                 config.jobs[record.job].timezone if record.job in config.jobs else "Europe/Moscow"
@@ -350,6 +366,11 @@ class RunManager:
         )
 
 
+#: The decisions that do not depend on МойСклад products, and those that do.
+_WITHOUT_PRODUCTS = (NO_NORM, OK, TRANSFER)
+_WITH_PRODUCTS = tuple(code for code in DECISIONS if code not in _WITHOUT_PRODUCTS)
+
+
 def _plan_and_rows(
     planning: PlanningInputs, run_id: str
 ) -> tuple[ReplenishmentPlan, list[run_store.PlanItemRow]]:
@@ -358,21 +379,26 @@ def _plan_and_rows(
     return plan, plan_item_rows(plan, run_id)
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a run plans and stores its plan.
+def _plan_without_products(
+    planning: PlanningInputs, run_id: str
+) -> tuple[ReplenishmentPlan, list[run_store.PlanItemRow]]:
+    """The plan with no МойСклад products, and the rows of the decisions products cannot
+    change (CPU work for a worker thread, with the collector paused as in ``_replenish``)."""
+    with collector_paused():
+        plan = plan_replenishment(planning)
+        return plan, plan_item_rows(plan, run_id, _WITHOUT_PRODUCTS)
 
-    Planning 100,000 items allocates a few hundred thousand objects that live until the plan is
-    stored, and none of them is part of a reference cycle: every collection meanwhile would scan
-    them (and a full one the daemon's whole heap) for nothing, costing more than the planning
-    itself. They are freed by reference counting before the collector runs again."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+
+def _add_products(
+    early: ReplenishmentPlan,
+    rows: list[run_store.PlanItemRow],
+    planning: PlanningInputs,
+    run_id: str,
+) -> tuple[ReplenishmentPlan, list[run_store.PlanItemRow]]:
+    """The plan of ``planning`` from the one made before its products were read, and every row:
+    those rendered then and those of the decisions the products settle."""
+    plan = with_products(early, planning.products)
+    return plan, rows + plan_item_rows(plan, run_id, _WITH_PRODUCTS)
 
 
 def _first_leaf(group: BaseExceptionGroup[HubError]) -> HubError:

@@ -105,7 +105,19 @@ async def test_plan_matches_the_data_set_case_by_case_and_documents_are_delivere
             assert not any(_dec(d["take"]) for d in again[key]["donors"]), again[key]
     assert len(sandboxes.onec.transfer_orders()) == len(donors_giving)
     assert len(sandboxes.moysklad.orders()) == 1
+    # the first run planned while МойСклад's products were read; the second could not (its
+    # open МойСклад order is incoming stock only the products attribute to items), and both
+    # plans are exact (checked above)
+    assert await _planned_before_products(hub, detail["run"]["id"])
+    assert not await _planned_before_products(hub, second["run"]["id"])
     assert await hub.stop() == 0
+
+
+async def _planned_before_products(hub: Any, run_id: str) -> bool:
+    logs = await hub.ctl("--json", "logs", "-n", "500", "--run", run_id)
+    events = {json.loads(line)["event"] for line in logs.out.splitlines()}
+    assert "run_finished" in events, events
+    return "run_planning_before_products" in events
 
 
 async def test_dry_run_stores_a_plan_and_touches_no_outbox(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TypeVar
 
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from daemon.model import EMPTY_GUID, Item, Norm, Product, Warehouse
 from daemon.plan import ItemDecision, ReplenishmentPlan, TargetPlan
-from daemon.planner import PlanningInputs, TargetInputs, plan_replenishment
+from daemon.planner import PlanningInputs, TargetInputs, plan_replenishment, with_products
 
 D = Decimal
 ZERO = D(0)
@@ -355,3 +355,15 @@ def test_every_item_gets_one_decision_in_item_order(inputs: PlanningInputs) -> N
             else:
                 code = "transfer"
             assert decision.decision == code
+
+
+@PROPERTY_SETTINGS
+@given(worlds())
+def test_products_added_after_planning_give_exactly_the_plan_made_with_them(
+    inputs: PlanningInputs,
+) -> None:
+    """Planning with no products and adding them afterwards (what a run does while МойСклад is
+    still being read) gives the very plan made with the products: decisions, reasons, lines,
+    split orders, unmapped items and counts."""
+    without = plan_replenishment(replace(inputs, products={}))
+    assert with_products(without, inputs.products) == plan_replenishment(inputs)
