@@ -359,7 +359,8 @@ class OutboxProcessor:
         """A transient failure: another attempt after a backoff, or dead when out of budget."""
         settings = self._settings
         now = self._clock()
-        age_h = (now - entry.created_at) / 3600
+        # Counted from the last operator retry, if any: a retry gives a fresh budget.
+        age_h = (now - entry.budget_from) / 3600
         if entry.attempt >= settings.max_attempts:
             return _dead(f"gave up after {entry.attempt} attempts: {error}")
         if age_h >= settings.max_age_h:

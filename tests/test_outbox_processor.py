@@ -33,7 +33,13 @@ from daemon.model import (
 )
 from daemon.outbox import OutboxProcessor
 from daemon.store import Database, open_database
-from daemon.store.outbox import enqueue, get_entry, list_entries, run_delivery_state
+from daemon.store.outbox import (
+    enqueue,
+    get_entry,
+    list_entries,
+    retry_entry,
+    run_delivery_state,
+)
 from daemon.store.outbox_leases import claim_due
 
 T0 = 1_800_000_000.0
@@ -427,6 +433,36 @@ async def test_max_age_turns_a_failing_row_dead(
     entry = await get_entry(db, row_id)
     assert entry.state == "dead" and entry.attempts == 2
     assert entry.last_error is not None and "max_age_h 1" in entry.last_error
+
+
+async def test_an_operator_retry_restarts_the_age_budget(
+    db: Database, onec: FakeOneC, ms: FakeMoySklad
+) -> None:
+    """A row dead of old age and sent again by an operator gets max_age_h from the retry: its
+    next failures are retried, and it goes dead of age only max_age_h after the retry."""
+    (row_id,) = await put(db, [transfer("run-1")])
+    onec.script = [TransientError("timeout", system="1c") for _ in range(5)]
+    clock = Clock()
+    proc = processor(db, onec, ms, clock=clock, max_age_h=1)
+    await proc.drain_once()
+    clock.now = T0 + 3601
+    await proc.drain_once()
+    assert (await get_entry(db, row_id)).state == "dead"
+
+    clock.now = T0 + 5 * 3600  # the operator looks days later
+    await retry_entry(db, row_id, now=clock.now)
+    await proc.drain_once()
+    entry = await get_entry(db, row_id)
+    assert entry.state == "retry_wait" and entry.attempts == 1, entry.last_error
+    clock.now += 1800
+    await proc.drain_once()
+    assert (await get_entry(db, row_id)).state == "retry_wait"
+    clock.now = T0 + 5 * 3600 + 3601
+    await proc.drain_once()
+    entry = await get_entry(db, row_id)
+    assert entry.state == "dead" and entry.attempts == 3
+    assert entry.last_error is not None and "max_age_h 1" in entry.last_error
+    assert len(onec.calls) == 5
 
 
 async def test_unreadable_payload_goes_dead_without_quoting_it(

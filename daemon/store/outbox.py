@@ -243,7 +243,8 @@ async def _state_of(conn: aiosqlite.Connection, outbox_id: int) -> str:
 
 
 async def retry_entry(db: Database, outbox_id: int, *, now: float | None = None) -> OutboxEntry:
-    """Send a dead row again: back to pending, due now, with a fresh attempt budget.
+    """Send a dead row again: back to pending, due now, with a fresh budget (attempts from 0,
+    and ``max_age_h`` counted from now).
 
     The idempotency key (and so the 1C Ref_Key / MoySklad syncId) is unchanged, and an
     ``outcome_unknown`` flag stays set, so a resend cannot create a second document. Only dead
@@ -258,8 +259,8 @@ async def retry_entry(db: Database, outbox_id: int, *, now: float | None = None)
             )
         await conn.execute(
             "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, "
-            "updated_at = ? WHERE id = ?",
-            (now, now, outbox_id),
+            "retried_at = ?, updated_at = ? WHERE id = ?",
+            (now, now, now, outbox_id),
         )
     return await get_entry(db, outbox_id)
 
