@@ -135,7 +135,7 @@ async def test_hubd_survives_a_garbage_answer_and_the_next_clean_run_succeeds(
         assert len(sandboxes.moysklad.orders()) == sum(
             e["kind"] == "moysklad_customer_order" for e in delivered
         )
-        assert await hub.stop() == 0
+        assert await hub.stop() == 0, hub.stderr[-6000:]
     # Last, so that a lost reason does not hide the checks above.
     reason = failed["reason"]
     assert not reason.startswith("internal error"), reason
