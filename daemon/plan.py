@@ -99,17 +99,14 @@ class Deficit(NamedTuple):
         return sum((d.take for d in self.donors), _ZERO)
 
     def to_dict(self) -> JsonDict:
-        # Once per item below its minimum when a plan is stored: the donors' dicts are built
-        # inline, a method call less per donor.
-        package = self.package_size
         return {
             "target_level": str(self.target_level),
             "need": str(self.need),
             "need_rounded": str(self.need_rounded),
-            "package_size": None if package is None else str(package),
+            "package_size": _dec(self.package_size),
             "donors": [
                 {
-                    "warehouse": {"key": d.warehouse.key, "name": d.warehouse.name},
+                    "warehouse": _warehouse(d.warehouse),
                     "free": str(d.free),
                     "minimum": str(d.minimum),
                     "spare": str(d.spare),

@@ -325,7 +325,9 @@ class RunManager:
             # While МойСклад's products are read: plan without them, and render the rows of
             # the decisions products cannot change.
             _log.info("run_planning_before_products")
-            early.append(await asyncio.to_thread(_plan_without_products, planning, record.id))
+            early.append(
+                await asyncio.to_thread(_plan_and_rows, planning, record.id, _WITHOUT_PRODUCTS)
+            )
 
         gathered = await gather_inputs(
             config, self._onec, self._moysklad, undelivered, progress, early=plan_early
@@ -372,21 +374,13 @@ _WITH_PRODUCTS = tuple(code for code in DECISIONS if code not in _WITHOUT_PRODUC
 
 
 def _plan_and_rows(
-    planning: PlanningInputs, run_id: str
+    planning: PlanningInputs, run_id: str, decisions: tuple[str, ...] = DECISIONS
 ) -> tuple[ReplenishmentPlan, list[run_store.PlanItemRow]]:
-    """Plan and render the plan items: CPU work for a worker thread."""
-    plan = plan_replenishment(planning)
-    return plan, plan_item_rows(plan, run_id)
-
-
-def _plan_without_products(
-    planning: PlanningInputs, run_id: str
-) -> tuple[ReplenishmentPlan, list[run_store.PlanItemRow]]:
-    """The plan with no МойСклад products, and the rows of the decisions products cannot
-    change (CPU work for a worker thread, with the collector paused as in ``_replenish``)."""
+    """Plan, and render the plan items whose decision is in ``decisions``: CPU work for a
+    worker thread, with the collector paused (already so when ``_replenish`` paused it)."""
     with collector_paused():
         plan = plan_replenishment(planning)
-        return plan, plan_item_rows(plan, run_id, _WITHOUT_PRODUCTS)
+        return plan, plan_item_rows(plan, run_id, decisions)
 
 
 def _add_products(

@@ -33,7 +33,6 @@ class ClaimedEntry:
     payload_json: str
     attempt: int  # the number of this attempt, 1-based
     outcome_unknown: bool  # True: an earlier attempt may have created it; look up first
-    created_at: float
     budget_from: float  # when its retry budget started: created, or last retried by an operator
     lease_until: float
     last_error: str | None  # why the previous attempt failed, if one did
@@ -82,7 +81,7 @@ WHERE id IN (
     LIMIT :limit
 )
 RETURNING id, run_id, kind, idempotency_key, payload_json, attempts, outcome_unknown,
-          created_at, COALESCE(retried_at, created_at) AS budget_from, lease_until, last_error
+          COALESCE(retried_at, created_at) AS budget_from, lease_until, last_error
 """
 
 
@@ -147,7 +146,6 @@ async def _claim(
             payload_json=str(row["payload_json"]),
             attempt=int(row["attempts"]),
             outcome_unknown=bool(row["outcome_unknown"]),
-            created_at=float(row["created_at"]),
             budget_from=float(row["budget_from"]),
             lease_until=float(row["lease_until"]),
             last_error=row["last_error"],
