@@ -39,9 +39,10 @@ from daemon.control.service import HubControlService
 from daemon.errors import ConfigError, HubError
 from daemon.logs import SecretRedactor, configure_logging
 from daemon.logstream import LogHub
-from daemon.sdnotify import Notifier, watchdog_interval
+from daemon.sdnotify import DatabaseProbe, Notifier, watchdog_interval
 from daemon.services import HubServices
-from daemon.store import open_database
+from daemon.statelock import acquire_state_lock
+from daemon.store import Database, open_database
 
 _log = structlog.get_logger(__name__)
 
@@ -112,7 +113,11 @@ class Hub:
             "hub_starting", version=__version__, config=str(self.config_path), pid=os.getpid()
         )
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        db = await open_database(self.database_path)
+        # before anything opens, migrates or "recovers" the database another hubd may be using
+        state_lock = acquire_state_lock(self.state_dir)
+        db = await open_database(
+            self.database_path, max_size_mb=self.config.hub.max_database_mb
+        )
         try:
             async with AsyncExitStack() as stack:
                 services = await HubServices.open(self, db, stack)
@@ -135,7 +140,7 @@ class Hub:
                         name="log-history-writer",
                     )
                     loops = services.start_loops(group)
-                    watchdog = group.create_task(self._watchdog(), name="watchdog")
+                    watchdog = group.create_task(self._watchdog(db), name="watchdog")
                     reloader = group.create_task(self._reload_on_signal(services), name="reload")
                     self.notifier.ready(f"serving on {self.socket_path}")
                     _log.info("hub_ready", socket=str(self.socket_path), db=str(db.path))
@@ -146,6 +151,7 @@ class Hub:
         finally:
             await db.close()
             self.notifier.close()
+            state_lock.release()
         _log.info("hub_stopped")
         return 0
 
@@ -159,6 +165,8 @@ class Hub:
         try:
             async with asyncio.timeout(budget):
                 await server.set_draining()
+                # runs end first ("stopped by shutdown"), so their watchers get "finished"
+                await services.stop_runs()
                 self.log_hub.close_followers()
                 services.close_watchers()
                 await server.stop(grace_s=min(5.0, budget / 3))
@@ -170,13 +178,21 @@ class Hub:
             for task in loops:
                 task.cancel()
 
-    async def _watchdog(self) -> None:
+    async def _watchdog(self, db: Database) -> None:
+        """Ping systemd's watchdog while the daemon can still do its work: a database that
+        does not answer a trivial query within the interval (a frozen or stuck disk holds
+        every write, run and delivery) withholds the ping, so systemd restarts the daemon."""
         interval = watchdog_interval(self.environ)
         if interval is None or not self.notifier.enabled:
             return
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
+        probe = DatabaseProbe(db)
+        try:
+            while True:
+                if await probe.answers(timeout_s=interval):
+                    self.notifier.watchdog()
+                await asyncio.sleep(interval)
+        finally:
+            probe.close()
 
     async def _reload_on_signal(self, services: HubServices) -> None:
         while True:
@@ -194,6 +210,8 @@ class Hub:
                 _log.error("config_reload_refused", error=str(exc))
                 return False, str(exc), []
             changed = config_changes(self.config, new)
+            if "hub.max_database_mb" in changed:
+                await services.db.set_size_limit(new.hub.max_database_mb)
             self.secrets = load_secrets(self.environ)
             self.redactor.set_secrets(self.secrets.values())
             # logged before applying, so a new, higher log level cannot hide this line
@@ -208,6 +226,9 @@ class Hub:
 def run_daemon(config_path: Path) -> int:
     """``hubd run``: load the config (exit 78 on errors), then serve until stopped."""
     config = load_config(config_path)
+    # Whatever the caller's umask, the database, its WAL and any file hubd writes are not for
+    # others (0640 at most); systemd's UMask=0007 is narrowed the same way.
+    os.umask(os.umask(0o027) | 0o027)
     hub = Hub(config_path, config)
     try:
         return asyncio.run(hub.serve())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from daemon import __version__
 from daemon.config import EX_CONFIG, load_config
-from daemon.errors import ConfigError, HubError
+from daemon.errors import ConfigError, HubError, StateLockedError
 
 
 def default_config_path() -> Path:
@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(once=args.once, items=args.items, state_dir=args.state_dir)
     except ConfigError as exc:
         print(f"hubd: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except StateLockedError as exc:
+        # 78 as for a bad config: restarting cannot help until an operator acts
+        print(f"hubd: {exc}", file=sys.stderr)
         return EX_CONFIG
     except HubError as exc:
         print(f"hubd: {exc}", file=sys.stderr)

@@ -5,6 +5,11 @@
     HubError
     ├── ConfigError                 bad config.toml / secret; names file, key and what was expected
     ├── StoreError                  the SQLite store refused an operation
+    │   ├── DiskFullError           no room for a write (disk or hub.max_database_mb): that
+    │   │                           write fails, the daemon stays up and retries later
+    │   └── StateUnusableError      at start: the database is damaged, newer than this hub, or
+    │                               the state directory is not writable (exit 78)
+    ├── StateLockedError            another hubd holds the state directory's lock (exit 78)
     ├── NotFoundError               an id asked about does not exist (run, outbox entry, job)
     ├── InvalidStateError           an operation is not allowed in the current state
     ├── DrainingError               the daemon is shutting down and takes no new work
@@ -45,6 +50,22 @@ class ConfigError(HubError):
 
 class StoreError(HubError):
     """The SQLite store refused an operation."""
+
+
+class DiskFullError(StoreError):
+    """A write found no room (a full filesystem, or the database at ``hub.max_database_mb``).
+
+    ``str(err)`` starts with "disk full:". Only that write fails; writers try again later.
+    """
+
+
+class StateUnusableError(StoreError):
+    """The state directory or database cannot be used; an operator must act (exit 78)."""
+
+
+class StateLockedError(HubError):
+    """Another hubd holds the state directory (``<state_dir>/hubd.lock``); one line, the
+    holder's PID and the lock file in it."""
 
 
 class NotFoundError(HubError):

@@ -4,6 +4,14 @@ A run of the ``replenishment`` job gathers its inputs, plans, and stores the run
 one outbox row per document in ONE transaction, then wakes the outbox processor. A dry run
 stores the plan and touches no outbox. A failed read fails the run with a clear reason and
 enqueues nothing. Manual triggers and scheduled fires share the single-flight rule here.
+
+Single flight holds twice over. In memory, a trigger claims the job and creates the run's task
+before its first ``await``, so concurrent triggers find the claim and get the running run. In
+the database, a partial unique index allows one ``running`` row per job, so even a claim this
+process does not know of (a bug, another process) cannot start a second run. The run's task,
+not its caller, records the run: a caller that gives up (a gRPC deadline) cannot leave a run
+recorded but never executed. At shutdown ``stop()`` cancels the runs; one that had not stored
+its plan ends ``failed`` with reason "stopped by shutdown", one that had stays as stored.
 """
 
 from __future__ import annotations
@@ -13,10 +21,10 @@ import contextlib
 import copy
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -40,6 +48,8 @@ from daemon.store.runs import RunRecord
 _log = structlog.get_logger(__name__)
 
 FINAL_DOCUMENT_STATES = {"delivered", "dead", "discarded"}
+STOPPED_BY_SHUTDOWN = "stopped by shutdown"
+_T = TypeVar("_T")
 UNDELIVERED_STATES = ("pending", "in_flight", "retry_wait", "outcome_unknown")
 
 
@@ -54,10 +64,19 @@ class RunEvent:
 
 @dataclass
 class _Active:
+    """A claimed run. ``stored`` is set once the run's row is written, or it is known that it
+    will not be: ``refused`` (the store failed) or ``found`` (the database already had a
+    running run of the job, which triggers then return)."""
+
     record: RunRecord
     events: list[RunEvent] = field(default_factory=list)
     watchers: set[asyncio.Queue[RunEvent | None]] = field(default_factory=set)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    stored: asyncio.Event = field(default_factory=asyncio.Event)
+    refused: HubError | None = None
+    found: RunRecord | None = None
+    committed: bool = False  # the plan, outbox rows and final status are in the database
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +135,7 @@ class RunManager:
         self._wake_outbox = wake_outbox
         self._clock = clock
         self._active: dict[str, _Active] = {}
+        self._unsaved: dict[str, RunRecord] = {}  # ended runs whose final row write failed
         self._group: asyncio.TaskGroup | None = None
         self.draining = False
 
@@ -143,9 +163,21 @@ class RunManager:
         if job not in jobs:
             known = ", ".join(sorted(jobs)) or "none"
             raise NotFoundError(f"no job named {job!r} (configured jobs: {known})")
-        running = self._active.get(job)
-        if running is not None:
-            return Launch(running.record, True, running.done)
+        active = self._active.get(job)
+        claimed = active is None
+        if active is None:
+            # no await between the look-up above and the claim here: that is the rule
+            active = self._claim(job, trigger, dry_run, fire_id)
+        # The run's task records it; waiting for that here lets a trigger answer with a run
+        # that exists, and cancelling this wait (a caller's deadline) changes nothing for it.
+        await active.stored.wait()
+        if active.refused is not None:
+            raise active.refused
+        if active.found is not None:
+            return Launch(active.found, True, active.done)
+        return Launch(active.record, not claimed, active.done)
+
+    def _claim(self, job: str, trigger: str, dry_run: bool, fire_id: int | None) -> _Active:
         if self._group is None:
             raise RunFailedError("the run manager is not started")
         now = self._clock()
@@ -158,11 +190,19 @@ class RunManager:
             started_at=now,
             fire_id=fire_id,
         )
-        await run_store.insert_run(self._db, record)
         active = _Active(record)
         self._active[job] = active
-        self._group.create_task(self._execute(active), name=f"run-{record.id}")
-        return Launch(record, False, active.done)
+        active.task = self._group.create_task(self._execute(active), name=f"run-{record.id}")
+        return active
+
+    async def stop(self) -> None:
+        """Shutdown: no new runs; cancel the running ones and wait until each has ended
+        (``failed``, "stopped by shutdown", unless its plan was already stored)."""
+        self.draining = True
+        tasks = [a.task for a in self._active.values() if a.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- watching -----------------------------------------------------------------------
 
@@ -173,13 +213,16 @@ class RunManager:
             past = list(active.events)
             active.watchers.add(queue)
             try:
+                # Everything emitted after the snapshot is in the queue, the "finished" event
+                # included even if the run ended while the past was being sent: read the queue
+                # unless the past already holds the end. (None: hubd is shutting down.)
+                finished = False
                 for event in past:
                     yield event
-                if not active.done.is_set():
-                    while (event_or_end := await queue.get()) is not None:
-                        yield event_or_end
-                        if event_or_end.kind == "finished":
-                            break
+                    finished = finished or event.kind == "finished"
+                while not finished and (event_or_end := await queue.get()) is not None:
+                    yield event_or_end
+                    finished = event_or_end.kind == "finished"
             finally:
                 active.watchers.discard(queue)
             record = active.record
@@ -250,9 +293,48 @@ class RunManager:
         _log.info("run_phase", phase=name, **counts)
         self._emit(active, RunEvent("phase", self._snapshot(active), phase=name, counts=counts))
 
+    async def _record(self, active: _Active) -> bool:
+        """Write the claimed run's row; False when it must not go on (see ``_Active``)."""
+        record = active.record
+        try:
+            await self._save_unsaved()
+            found = await run_store.insert_run(self._db, record)
+        except HubError as exc:
+            active.refused = exc
+            _log.error("run_not_recorded", error=str(exc))
+            return False
+        if found is not None:
+            active.found = found
+            _log.warning("run_already_running_in_database", running_run_id=found.id)
+            return False
+        return True
+
+    async def _save_unsaved(self) -> None:
+        """Retry the final writes that failed (a full disk): until one succeeds, its run stays
+        ``running`` in the database and the unique index refuses every new run of the job."""
+        for run_id, record in list(self._unsaved.items()):
+            await run_store.update_run(self._db, record)
+            del self._unsaved[run_id]
+            _log.info("run_final_state_saved", saved_run_id=run_id, status=record.status)
+
+    def _release(self, active: _Active) -> None:
+        if self._active.get(active.record.job) is active:
+            del self._active[active.record.job]
+        active.stored.set()
+        active.done.set()
+
     async def _execute(self, active: _Active) -> None:
         record = active.record
         with structlog.contextvars.bound_contextvars(run_id=record.id, job=record.job):
+            try:
+                recorded = await self._record(active)
+            except BaseException:  # cancelled while recording: the triggers waiting must end
+                self._release(active)
+                raise
+            if not recorded:
+                self._release(active)
+                return
+            active.stored.set()
             _log.info("run_started", trigger=record.trigger, dry_run=record.dry_run)
             try:
                 await self._replenish(active)
@@ -274,8 +356,10 @@ class RunManager:
                     record.reason = _reason(_first_leaf(expected))
                     _log.error("run_failed", reason=record.reason)
             except asyncio.CancelledError:
-                record.status = "failed"
-                record.reason = "hubd stopped during the run; nothing was enqueued"
+                if not active.committed:
+                    record.status = "failed"
+                    record.reason = STOPPED_BY_SHUTDOWN
+                    _log.warning("run_stopped", reason=record.reason)
                 raise
             except Exception as exc:
                 record.status = "failed"
@@ -302,14 +386,18 @@ class RunManager:
 
     async def _finish(self, active: _Active) -> None:
         record = active.record
-        await self._phase(active, "", {})
-        record.finished_at = self._clock()
-        with contextlib.suppress(HubError):
-            await asyncio.shield(run_store.update_run(self._db, record))
-        _log.info("run_finished", status=record.status, reason=record.reason or None)
-        self._active.pop(record.job, None)
-        self._emit(active, RunEvent("finished", self._snapshot(active), message=record.reason))
-        active.done.set()
+        try:
+            await self._phase(active, "", {})
+            record.finished_at = self._clock()
+            try:
+                await _complete(run_store.update_run(self._db, record))
+            except HubError as exc:
+                self._unsaved[record.id] = record
+                _log.error("run_final_state_not_saved", error=str(exc))
+            _log.info("run_finished", status=record.status, reason=record.reason or None)
+        finally:
+            self._emit(active, RunEvent("finished", self._snapshot(active), message=record.reason))
+            self._release(active)
 
     async def _replenish(self, active: _Active) -> None:
         record = active.record
@@ -351,12 +439,7 @@ class RunManager:
             )
             counts["documents"] = len(documents)
             await self._phase(active, "store plan", counts)
-            record.status = "succeeded"
-            async with self._db.transaction() as conn:
-                await run_store.insert_plan_item_rows(conn, rows)
-                if documents:
-                    await outbox_store.enqueue(conn, record.id, documents, self._clock())
-                await run_store.save_progress(conn, record)
+            await _complete(self._store(active, rows, documents))
             del plan, rows  # freed by reference counting while the collector still sleeps
         if documents:
             self._wake_outbox()
@@ -366,6 +449,36 @@ class RunManager:
             documents=len(documents),
             unmapped=counts.get("unmapped", 0),
         )
+
+    async def _store(
+        self, active: _Active, rows: list[run_store.PlanItemRow], documents: list[Document]
+    ) -> None:
+        """The plan, the outbox rows and the status 'succeeded', in one transaction."""
+        record = active.record
+        record.status = "succeeded"
+        try:
+            async with self._db.transaction() as conn:
+                await run_store.insert_plan_item_rows(conn, rows)
+                if documents:
+                    await outbox_store.enqueue(conn, record.id, documents, self._clock())
+                await run_store.save_progress(conn, record)
+        except BaseException:
+            record.status = "running"
+            raise
+        active.committed = True
+
+
+async def _complete(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Await ``coro`` to its end even if this task is cancelled meanwhile, then re-raise the
+    cancellation: a transaction may be committing on aiosqlite's thread, and whether it did
+    decides what the run's status says."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # its own failure loses to the cancellation
+            await task
+        raise
 
 
 #: The decisions that do not depend on МойСклад products, and those that do.

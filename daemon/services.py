@@ -87,6 +87,7 @@ class HubServices:
         moysklad = await stack.enter_async_context(
             MoySkladConnector(config.moysklad, secrets.moysklad_token, secrets.moysklad_password)
         )
+        # safe only because this process holds the state lock: no live hubd owns these runs
         interrupted = await run_store.fail_interrupted_runs(db, time.time())
         if interrupted:
             _log.warning("runs_interrupted_by_restart", runs=list(interrupted))
@@ -102,6 +103,10 @@ class HubServices:
             group.create_task(self.outbox.run(), name="outbox-processor"),
             group.create_task(self.scheduler.run(), name="scheduler"),
         ]
+
+    async def stop_runs(self) -> None:
+        """Shutdown: refuse new runs, cancel the running ones and wait for them to end."""
+        await self.runs.stop()
 
     def close_watchers(self) -> None:
         self.runs.close_watchers()

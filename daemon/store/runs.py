@@ -9,8 +9,11 @@ from typing import Any
 
 import aiosqlite
 
-from daemon.errors import NotFoundError
+from daemon.errors import NotFoundError, StoreError
 from daemon.store.database import Database
+
+#: Why a run left ``running`` by a daemon that is gone was closed (at start-up, or by 0006).
+INTERRUPTED = "interrupted: hubd stopped; nothing was enqueued"
 
 
 @dataclass
@@ -62,24 +65,40 @@ def _run(row: aiosqlite.Row) -> RunRecord:
     )
 
 
-async def insert_run(db: Database, run: RunRecord) -> None:
-    async with db.transaction() as conn:
-        await conn.execute(
-            f"INSERT INTO runs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                run.id,
-                run.job,
-                run.trigger,
-                int(run.dry_run),
-                run.status,
-                run.reason or None,
-                run.started_at,
-                run.finished_at,
-                json.dumps(run.phases),
-                json.dumps(run.counts),
-                run.fire_id,
-            ),
-        )
+async def insert_run(db: Database, run: RunRecord) -> RunRecord | None:
+    """Record a new running run. If the job already has a running run (the partial unique
+    index ``runs_one_running_per_job``), nothing is written and that run is returned."""
+    try:
+        async with db.transaction() as conn:
+            try:
+                await conn.execute(
+                    f"INSERT INTO runs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run.id,
+                        run.job,
+                        run.trigger,
+                        int(run.dry_run),
+                        run.status,
+                        run.reason or None,
+                        run.started_at,
+                        run.finished_at,
+                        json.dumps(run.phases),
+                        json.dumps(run.counts),
+                        run.fire_id,
+                    ),
+                )
+            except aiosqlite.IntegrityError:
+                cursor = await conn.execute(
+                    f"SELECT {_COLUMNS} FROM runs WHERE job = ? AND status = 'running'",
+                    (run.job,),
+                )
+                row = await cursor.fetchone()
+                if row is None:  # not the one-running-run index: e.g. a reused id
+                    raise
+                return _run(row)
+    except aiosqlite.Error as exc:
+        raise StoreError(f"could not record run {run.id}: {exc}") from exc
+    return None
 
 
 async def save_progress(conn: aiosqlite.Connection, run: RunRecord) -> None:
@@ -99,8 +118,11 @@ async def save_progress(conn: aiosqlite.Connection, run: RunRecord) -> None:
 
 
 async def update_run(db: Database, run: RunRecord) -> None:
-    async with db.transaction() as conn:
-        await save_progress(conn, run)
+    try:
+        async with db.transaction() as conn:
+            await save_progress(conn, run)
+    except aiosqlite.Error as exc:
+        raise StoreError(f"could not record the state of run {run.id}: {exc}") from exc
 
 
 #: run_id, target, item_key, code, article, name, decision, reason, detail_json
@@ -174,13 +196,14 @@ async def prune_plan_items(db: Database, started_before: float) -> tuple[int, in
 async def fail_interrupted_runs(db: Database, now: float) -> Sequence[str]:
     """Runs still 'running' at start-up were cut off by a stop or crash: mark them failed.
 
-    Nothing of theirs was enqueued (the plan and the outbox rows commit together at the end).
+    Only a daemon holding the state lock calls this, so no live process owns such a run.
+    Nothing of theirs was enqueued (the plan, the outbox rows and the status 'succeeded'
+    commit together at the end).
     """
     async with db.transaction() as conn:
         cursor = await conn.execute(
-            "UPDATE runs SET status = 'failed', finished_at = ?,"
-            " reason = 'hubd stopped during the run; nothing was enqueued'"
+            "UPDATE runs SET status = 'failed', finished_at = ?, reason = ?"
             " WHERE status = 'running' RETURNING id",
-            (now,),
+            (now, INTERRUPTED),
         )
         return [r[0] for r in await cursor.fetchall()]
