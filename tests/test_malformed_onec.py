@@ -44,7 +44,7 @@ from daemon.onec.metadata import OneCSchema
 from daemon.onec.odata import is_guid
 from daemon.onec.settings import OneCSettings
 from daemon.ports import OpenTransferLine
-from daemon.sandbox.dataset import build_demo_dataset
+from daemon.sandbox.dataset import StockRecord, build_demo_dataset
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
 from tests.hostile import (
     ATOM_FEED,
@@ -293,6 +293,9 @@ async def running_world() -> AsyncIterator[World]:
             world.warehouses = await onec.resolve_warehouses(NAMES)
             world.keys = [world.warehouses[name].key for name in NAMES]
             world.items = {item.key: item for item in await onec.read_items()}
+            for item_key in sorted(world.items)[:2]:
+                # UT refuses to post an order its sender's free stock cannot cover.
+                box.db.add_stock(StockRecord(item_key, world.keys[1], Decimal(100_000)))
             for key in ("open-a", "open-b"):
                 doc = world.transfer_doc(key)
                 await onec.deliver_transfer_order(doc, look_up_first=False)

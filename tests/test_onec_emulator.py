@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +24,7 @@ STOCK = "AccumulationRegister_ТоварыНаСкладах"
 
 
 def balance(register: str, condition: str, dimensions: str) -> str:
+    """A Balance call in the guide's form: the condition's quotes as they are."""
     return f"{register}/Balance(Condition='{condition}',Dimensions='{dimensions}')"
 
 
@@ -181,7 +183,7 @@ async def test_balance_sums_split_rows_by_dimensions(
     """Balance with a quoted Condition and Dimensions sums Назначение/Серия rows, omits zeros."""
     _, wire = sandbox
     warehouse = dataset.warehouse_key("Бестужевых")
-    path = balance(STOCK, f"Склад_Key eq guid''{warehouse}''", "Номенклатура,Склад")
+    path = balance(STOCK, f"Склад_Key eq guid'{warehouse}'", "Номенклатура,Склад")
     status, payload = await wire.json("GET", path)
     assert status == 200
     expected: dict[str, Any] = {}
@@ -207,7 +209,15 @@ async def test_balance_sums_split_rows_by_dimensions(
 
 
 def _order(dataset: DemoDataset, **overrides: Any) -> dict[str, Any]:
-    item = next(i for i in dataset.items if not i.is_folder)
+    """An order of 5 units of an item Бестужевых has at least 5 free of (UT controls it)."""
+    sender = dataset.warehouse_key("Бестужевых")
+    free: dict[str, Decimal] = {}
+    for record in dataset.stock:
+        if record.warehouse_key == sender:
+            free[record.item_key] = free.get(record.item_key, Decimal(0)) + (
+                record.in_stock - record.to_ship
+            )
+    item = next(i for i in dataset.items if not i.is_folder and free.get(i.key, 0) >= 5)
     body: dict[str, Any] = {
         "Date": "2026-03-10T09:00:00",
         "Организация_Key": dataset.organizations[0].key,
@@ -221,11 +231,11 @@ def _order(dataset: DemoDataset, **overrides: Any) -> dict[str, Any]:
         "НеизвестноеПоле": "ignored",
         "Товары": [
             {
-                "LineNumber": 1,
+                "LineNumber": "1",
                 "Номенклатура_Key": item.key,
                 "Количество": 5,
                 "КоличествоУпаковок": 5,
-                "ВариантОбеспечения": "КОбеспечению",
+                "ВариантОбеспечения": "Отгрузить",
             }
         ],
     }
@@ -317,7 +327,7 @@ async def test_zero_quantity_refused_and_valid_order_posts(
     assert row["Posted"] is True and row["DataVersion"] != created["DataVersion"]
     path = balance(
         "AccumulationRegister_ЗаказыНаПеремещение",
-        f"ЗаказНаПеремещение_Key eq guid''{ref}''",
+        f"ЗаказНаПеремещение_Key eq guid'{ref}'",
         "ЗаказНаПеремещение,Номенклатура",
     )
     _, payload = await wire.json("GET", path)
@@ -436,7 +446,7 @@ async def test_mark_received_moves_stock_and_closes(
     target = dataset.warehouse_key("Магазин Центральный")
 
     async def on_hand() -> Any:
-        condition = f"Склад_Key eq guid''{target}'' and Номенклатура_Key eq guid''{item}''"
+        condition = f"Склад_Key eq guid'{target}' and Номенклатура_Key eq guid'{item}'"
         path = balance(STOCK, condition, "Номенклатура")
         _, payload = await wire.json("GET", path)
         return sum(row["ВНаличииBalance"] for row in payload["value"])

@@ -141,10 +141,10 @@ def _edmx(version: str, drop: tuple[str, ...] = ()) -> bytes:
 
 @pytest.mark.parametrize("version", ["11.4", "11.5"])
 def test_version_is_detected_from_metadata(version: str) -> None:
-    """The group dimension and the supply-option enum name tell 11.4 from 11.5."""
+    """The group dimension tells 11.4 from 11.5; the supply option is «Отгрузить» on both."""
     schema = detect_schema(parse_metadata(_edmx(version), types_to_keep()), "auto")
     assert schema.version == version and schema.detected
-    assert schema.supply_option == ("Требуется" if version == "11.4" else "КОбеспечению")
+    assert schema.supply_option == "Отгрузить"
     assert schema.has_priority is (version == "11.5")
     verify_published(parse_metadata(_edmx(version), types_to_keep()), schema)
 

@@ -16,7 +16,7 @@ from daemon.model import (
     deterministic_uuid,
 )
 from daemon.onec.connector import OneCConnector
-from daemon.sandbox.dataset import DemoDataset, build_demo_dataset
+from daemon.sandbox.dataset import DemoDataset, StockRecord, build_demo_dataset
 from daemon.sandbox.onec_emulator import OneCSandbox
 from tests.onec_support import connected
 
@@ -25,7 +25,13 @@ TARGET, FIRST, SECOND = "Магазин Центральный", "Бестуже
 
 @pytest.fixture
 def dataset() -> DemoDataset:
-    return build_demo_dataset(48, seed=9)
+    """The demo base with plenty of the two items ``order`` moves on every warehouse it moves
+    them from, so UT's free-stock control on posting passes unless a test says otherwise."""
+    data = build_demo_dataset(48, seed=9)
+    for line in order(data).lines:
+        for name in (FIRST, SECOND, TARGET):
+            data.stock.append(StockRecord(line.item_key, data.warehouse_key(name), Decimal(100)))
+    return data
 
 
 def order(
@@ -84,18 +90,18 @@ async def test_deliver_creates_posts_and_sends_every_field(dataset: DemoDataset)
         (Decimal(7), Decimal(7)),
         (Decimal(12), Decimal(2)),
     ]
-    assert {line["supply_option"] for line in stored["lines"]} == {"КОбеспечению"}
+    assert {line["supply_option"] for line in stored["lines"]} == {"Отгрузить"}
     assert stored["lines"][1]["package_key"] == doc.lines[1].package_key
 
 
 async def test_ut_114_dialect(dataset: DemoDataset) -> None:
-    """On 11.4 the supply option is «Требуется» and no Приоритет_Key is sent."""
+    """On 11.4 the supply option is «Отгрузить» too and no Приоритет_Key is sent."""
     box = OneCSandbox(dataset, ut_version="11.4")
     async with connected(box) as onec:
         delivered = await onec.deliver_transfer_order(order(dataset), look_up_first=False)
     [stored] = box.transfer_orders()
     assert delivered.created_now and stored["Posted"] is True
-    assert {line["supply_option"] for line in stored["lines"]} == {"Требуется"}
+    assert {line["supply_option"] for line in stored["lines"]} == {"Отгрузить"}
     assert "Приоритет_Key" not in stored["raw"]
 
 

@@ -4,9 +4,9 @@ A real UT ``$metadata`` is ~17 MB (4,000+ entity sets), so it is parsed as a str
 types the hub uses are kept. From it come
 
 * the version split 11.4 ↔ 11.5 (reference §4.1): the norm register's group dimension
-  (``Группировка_Key`` vs ``ГруппировкаТоварныхОграничений_Key``), the ``ВариантыОбеспечения``
-  value for "to be supplied" (``Требуется`` vs ``КОбеспечению``), ``Приоритет_Key`` on the order,
-  and the 11.4-only ``AccumulationRegister_СвободныеОстатки``;
+  (``Группировка_Key`` vs ``ГруппировкаТоварныхОграничений_Key``), ``Приоритет_Key`` on the
+  order, and the 11.4-only ``AccumulationRegister_СвободныеОстатки``. The supply option of the
+  order lines is ``Отгрузить`` on both (``SUPPLY``);
 * the list of objects the 1C administrator must add to the OData composition when one is
   missing — a ``PermanentError`` that names each of them.
 """
@@ -34,8 +34,13 @@ ORDER_LINES = "Document_ЗаказНаПеремещение_Товары"
 
 GROUP_114 = "Группировка_Key"
 GROUP_115 = "ГруппировкаТоварныхОграничений_Key"
-SUPPLY_114 = "Требуется"
-SUPPLY_115 = "КОбеспечению"
+#: ``ВариантОбеспечения`` of every line the hub writes, the same name on 11.4 and 11.5. Only
+#: ``Отгрузить`` lines get ``КОформлению`` in ``РегистрНакопления.ЗаказыНаПеремещение`` (what the
+#: next run reads as incoming) and plan the shipment at the sender, with UT's free-stock control
+#: (reference, Corrections 1). ``КОбеспечению``/``Требуется`` lines record neither: a later run
+#: would order the same deficit again. Not a setting: no other option keeps that count.
+SUPPLY = "Отгрузить"
+SUPPLY_ENUM = "ВариантыОбеспечения"
 
 _KIND = {
     "Catalog": "Справочник",
@@ -162,20 +167,12 @@ def detect_schema(meta: ServiceMetadata, forced: str) -> OneCSchema:
         version, detected = "11.5", True
     else:
         version, detected = ("11.4" if FREE_STOCK_114 in meta.entity_sets else "11.5"), True
-    supply = SUPPLY_114 if version == "11.4" else SUPPLY_115
-    members = meta.enums.get("ВариантыОбеспечения", ())
-    if detected and members:
-        # The enum itself is the best witness of the value name, whatever else the base says.
-        if SUPPLY_115 in members:
-            supply = SUPPLY_115
-        elif SUPPLY_114 in members:
-            supply = SUPPLY_114
     order_fields = _props(meta, ORDER)
     return OneCSchema(
         version=version,
         detected=detected,
         group_field=GROUP_114 if version == "11.4" else GROUP_115,
-        supply_option=supply,
+        supply_option=SUPPLY,
         has_priority="Приоритет_Key" in order_fields if order_fields else version == "11.5",
         order_fields=order_fields,
         line_fields=_props(meta, ORDER_LINES),
@@ -274,6 +271,10 @@ def missing_objects(meta: ServiceMetadata, schema: OneCSchema) -> tuple[list[str
                 absent += [
                     f"{set_name}/Balance.{p}" for p in _BALANCE_FIELDS[set_name] if p not in result
                 ]
+    members = meta.enums.get(SUPPLY_ENUM)
+    if members is not None and SUPPLY not in members:
+        # Every line carries it; a base without it would refuse or misread every order.
+        absent.append(f"{SUPPLY_ENUM}.{SUPPLY}")
     return unpublished, absent
 
 

@@ -4,13 +4,17 @@ Delivery (reference §3.5–3.7, §4 pitfalls 8–11):
 
 1. with ``look_up_first`` (the previous attempt's outcome is unknown) the order is looked up by
    its client-chosen ``Ref_Key``, then by the idempotency key in ``Комментарий``;
-2. if absent it is created with every required field explicit and ``LineNumber`` on every line.
+2. if absent it is created with every required field explicit, ``LineNumber`` on every line (as
+   a JSON string, the form 1C gives Edm.Int64) and ``ВариантОбеспечения = Отгрузить``.
    A lost answer (timeout, dropped connection, 5xx without ``odata.error``) is
    ``OutcomeUnknownError``. A refusal is checked against a lookup once — an order already
    there (same ``Ref_Key``) is used, not duplicated;
 3. an unposted order is posted (``/Post?PostingModeOperational=false``), then re-read and compared
    with what was sent (1C silently accepts and stores surprising things). Any transient failure
-   after the order exists is reported as ``OutcomeUnknownError`` so the retry looks it up first.
+   after the order exists is reported as ``OutcomeUnknownError`` so the retry looks it up first;
+4. a posting 1C refuses (``Отгрузить`` lines are checked against the sender's free stock, so
+   stock that fell since the plan is refused, naming the items) withdraws the draft: it is
+   marked for deletion and the delivery fails for good with 1C's own text (``_withdraw``).
 
 No answer is trusted for more than it can show (``daemon.onec.order_answers``): a create answer
 that is not the new, unposted order with the Ref_Key sent is not believed and the order is
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -58,7 +62,7 @@ def order_body(doc: TransferOrderDocument, schema: OneCSchema, ctx: OrderContext
     start = odata.date_text(doc.date)
     lines = [
         {
-            "LineNumber": number,
+            "LineNumber": str(number),
             "Номенклатура_Key": line.item_key,
             "Характеристика_Key": EMPTY_GUID,
             "Упаковка_Key": line.package_key or EMPTY_GUID,
@@ -263,15 +267,21 @@ async def _post_and_verify(
     ref_key, label = found.ref_key, found.label
     if found.deleted:
         raise PermanentError(
-            f"{label} is marked for deletion in 1C; the hub will neither post nor recreate it",
+            f"{label} is marked for deletion in 1C (by a user, or by the hub after 1C refused "
+            "to post it); the hub will neither post nor recreate it, and the next run plans "
+            "its items again",
             system=SYSTEM,
             code="deleted",
         )
     if not found.posted:
-        await transport.send(
-            "POST", _entity_url(transport, ref_key, "Post"), None, what=f"posting {label}"
-        )
-        log.info("onec_transfer_posted", ref_key=ref_key)
+        try:
+            await transport.send(
+                "POST", _entity_url(transport, ref_key, "Post"), None, what=f"posting {label}"
+            )
+        except PermanentError as refusal:
+            await _believe_refusal(transport, found, refusal)
+        else:
+            log.info("onec_transfer_posted", ref_key=ref_key)
     try:
         stored = await _reread(transport, ref_key, label)
     except TransientError:
@@ -294,6 +304,82 @@ async def _post_and_verify(
     return DeliveredDocument(
         external_id=ref_key, number=stored.state.number, created_now=created_now
     )
+
+
+async def _believe_refusal(
+    transport: ODataTransport, found: OrderState, refusal: PermanentError
+) -> None:
+    """A posting refusal is believed only when the order is indeed unposted: then the draft is
+    withdrawn (``_withdraw``, never returns). If a re-read shows it posted, the answer was not
+    1C's refusal (a proxy's, a garbled one) and the delivery goes on to verify the order."""
+    what = f"re-reading {found.label} after a refused posting"
+    try:
+        answer = await transport.get_json(_entity_url(transport, found.ref_key), what=what)
+    except ConnectorError as exc:
+        raise _unknown(f"1C refused to post {found.label} ({refusal}); {what} failed", exc) from exc
+    state = order_state(answer)
+    if isinstance(state, str) or state.ref_key.lower() != found.ref_key.lower():
+        reason = state if isinstance(state, str) else f"it describes order {state.ref_key}"
+        raise _unknown(f"1C refused to post {found.label} ({refusal})", malformed(what, reason))
+    if state.posted and not state.deleted:
+        log.warning(
+            "onec_transfer_refusal_contradicted", ref_key=found.ref_key, answer=str(refusal)
+        )
+        return
+    await _withdraw(transport, state, refusal)
+
+
+async def _withdraw(
+    transport: ODataTransport, found: OrderState, refusal: PermanentError
+) -> NoReturn:
+    """1C refused to post the draft: mark it for deletion, then fail for good with 1C's text.
+
+    Why mark it rather than keep, delete or reuse it: an unposted draft moves no register, but
+    left alone it could be posted by a user later, after the next run (which no longer counts
+    this dead document) has ordered the same items again — the units would be moved twice.
+    ``DeletionMark`` (via PATCH, as the reference advises; ``DELETE`` is a physical delete)
+    makes that impossible (1C does not post a document marked for deletion), keeps the
+    ``Ref_Key`` and the ``Комментарий`` marker, so the outcome-unknown lookup still finds this
+    order and never creates a second one, and leaves the decision visible to the 1C user.
+    Reusing the draft on a later attempt would need the outbox to keep retrying a document the
+    next run re-plans anyway. A retry of the dead entry finds the order marked for deletion
+    and stops (``_post_and_verify``).
+
+    If the mark cannot be set for a transient reason the attempt is ``OutcomeUnknownError``:
+    the retry looks the draft up, posts it again and withdraws it again if 1C still refuses.
+    """
+    label = found.label
+    reason = refusal.remote_message or str(refusal)
+    try:
+        await transport.send(
+            "PATCH",
+            _entity_url(transport, found.ref_key),
+            {"DeletionMark": True},
+            what=f"marking {label} for deletion",
+        )
+    except TransientError as exc:
+        raise _unknown(
+            f"1C refused to post {label} ({reason}), and marking the draft for deletion failed",
+            exc,
+        ) from exc
+    except PermanentError as exc:
+        raise PermanentError(
+            f"1C refused to post {label}: {reason}; the unposted draft could not be marked for "
+            f"deletion ({exc.describe()}): mark it in 1C by hand",
+            system=SYSTEM,
+            status=refusal.status,
+            code=refusal.code,
+            remote_message=refusal.remote_message,
+        ) from refusal
+    log.warning("onec_transfer_refused", ref_key=found.ref_key, reason=reason)
+    raise PermanentError(
+        f"1C refused to post {label}: {reason}; the draft is marked for deletion and counts "
+        "for nothing, so the next run plans these items again from fresh stock",
+        system=SYSTEM,
+        status=refusal.status,
+        code=refusal.code,
+        remote_message=refusal.remote_message,
+    ) from refusal
 
 
 async def _reread(transport: ODataTransport, ref_key: str, label: str) -> StoredOrder:

@@ -3,8 +3,11 @@
 Write behaviour follows reference §1.6–1.7 and §2.4: unknown properties are ignored, a tabular
 row without ``LineNumber`` is an opaque 500 code −1, a client-chosen ``Ref_Key`` is honoured and a
 second create with it refused, ``Number`` is automatic (11 characters), ``КодСтроки`` is filled by
-the server, ``Posted`` only changes through ``Post``/``Unpost``. Posting re-validates the order
-the way the UT object module does and answers a refusal with 500 code −1 and the reason.
+the server, ``Posted`` only changes through ``Post``/``Unpost``. An Edm.Int64 property other
+than ``LineNumber`` is not written, whether the value comes as a string or a number (§1.6);
+``LineNumber`` is read in both forms. Posting re-validates the order the way the UT object
+module does, then records and controls what UT's manager module does
+(``daemon.sandbox.onec_posting``), and answers a refusal with 500 code −1 and the reason.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from daemon.model import EMPTY_GUID
 from daemon.sandbox.dataset import StockRecord
 from daemon.sandbox.onec_database import ODataFault, OneCDatabase, Row
+from daemon.sandbox.onec_posting import order_records, shipping_options, stock_shortages
 from daemon.sandbox.onec_schema import ORDER, ORDER_LINES, TRANSFER_ORDERS, EntityDef, enums
 
 EMPTY_DATE = "0001-01-01T00:00:00"
@@ -77,8 +81,11 @@ def _default(edm: str) -> Any:
 
 def _apply(entity: EntityDef, target: Row, body: dict[str, Any], skip: set[str]) -> None:
     for name, edm in entity.properties:
-        if name in body and name not in skip and not edm.startswith("Collection("):
-            target[name] = _convert(edm, body[name])
+        if name not in body or name in skip or edm.startswith("Collection("):
+            continue
+        if edm == "Edm.Int64" and name != "LineNumber":
+            continue  # 1C does not write an Int64 sent by a client (reference §1.6)
+        target[name] = _convert(edm, body[name])
 
 
 class TransferOrders:
@@ -92,6 +99,7 @@ class TransferOrders:
         self._line = db.defs[ORDER_LINES]
         self._numbers = 0
         self._supply_options = set(enums(db.version)["ВариантыОбеспечения"])
+        self._shipping = shipping_options(db.version)
         self._prefix = "БМ"
 
     def get(self, ref_key: str) -> Row:
@@ -115,9 +123,7 @@ class TransferOrders:
         if self._table.get((ref_key,)) is not None:
             raise _refusal(f"Ошибка при записи объекта: ссылка {ref_key} уже используется")
         row: Row = {name: _default(edm) for name, edm in self._header.properties}
-        _apply(
-            self._header, row, body, {"Ref_Key", "Posted", "DataVersion", "МаксимальныйКодСтроки"}
-        )
+        _apply(self._header, row, body, {"Ref_Key", "Posted", "DataVersion"})
         self._numbers += 1
         row.update(
             Ref_Key=ref_key,
@@ -135,9 +141,7 @@ class TransferOrders:
         if not isinstance(body, dict):
             raise _refusal("Непредвиденный символ при чтении JSON")
         lines = self._lines_from(body["Товары"]) if "Товары" in body else None
-        _apply(
-            self._header, row, body, {"Ref_Key", "Posted", "DataVersion", "МаксимальныйКодСтроки"}
-        )
+        _apply(self._header, row, body, {"Ref_Key", "Posted", "DataVersion"})
         if lines is not None:
             self._set_lines(row, lines)
         if row["DeletionMark"] and row["Posted"]:
@@ -148,24 +152,13 @@ class TransferOrders:
 
     def post(self, ref_key: str, operational: bool) -> None:
         row = self.get(ref_key)
-        problems = self._check(row, operational)
+        problems = self._check(row, operational) or stock_shortages(self._db, row, self._shipping)
         if problems:
+            # A refused posting changes nothing: an order posted before keeps its movements.
             raise _refusal("\n".join(problems))
         row["Posted"] = True
         row["DataVersion"] = self._db.next_version()
-        records = [
-            (
-                row["Ref_Key"],
-                line["Номенклатура_Key"],
-                line["Характеристика_Key"],
-                line["КодСтроки"],
-                line["Серия_Key"],
-                Decimal(str(line["Количество"])),
-                Decimal(str(line["Количество"])),
-            )
-            for line in row["Товары"]
-            if not line["Отменено"]
-        ]
+        records = order_records(row, self._shipping)
         self._db.registers[TRANSFER_ORDERS].replace(row["Ref_Key"], records)
         self._table.touch()
 
@@ -192,6 +185,8 @@ class TransferOrders:
         register.replace(ref_key, [(*r[:6], Decimal(0)) for r in register.rows_of(ref_key)])
         if row["Posted"]:
             for line in row["Товары"]:
+                if line["Отменено"]:
+                    continue
                 quantity = Decimal(str(line["Количество"]))
                 item = line["Номенклатура_Key"]
                 sender, receiver = row["СкладОтправитель_Key"], row["СкладПолучатель_Key"]
@@ -212,7 +207,7 @@ class TransferOrders:
                 # The real server fails the whole write with its generic text (reference §1.6).
                 raise _refusal(INTERNAL)
             line: Row = {name: _default(edm) for name, edm in self._line.properties}
-            _apply(self._line, line, source, {"Ref_Key", "КодСтроки"})
+            _apply(self._line, line, source, {"Ref_Key"})
             lines.append(line)
         return lines
 
@@ -297,6 +292,7 @@ def summary(row: Row) -> dict[str, Any]:
                 "packages": Decimal(str(line["КоличествоУпаковок"])),
                 "package_key": line["Упаковка_Key"],
                 "supply_option": line["ВариантОбеспечения"],
+                "cancelled": line["Отменено"],
             }
             for line in row["Товары"]
         ],
