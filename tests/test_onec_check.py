@@ -24,7 +24,14 @@ STEPS = [
     "required objects published",
     "organization and priority resolved",
     "warehouses resolved",
+    "balance read",
 ]
+BUDGETS = (
+    "URL budgets: 2048 bytes of path and query (onec.max_url_bytes), "
+    "260 characters per path segment (onec.max_path_segment_chars)"
+)
+GUIDE = "guide form (Condition='…guid'…'')"
+DOUBLED = "doubled form (Condition='…guid''…''')"
 
 
 @pytest.fixture
@@ -46,6 +53,47 @@ async def test_all_good(dataset: DemoDataset) -> None:
     assert lines["UT version detected"].detail == "UT 11.5 (detected from $metadata)"
     assert "Бизнес Медиа" in lines["organization and priority resolved"].detail
     assert dataset.warehouse_key("Бестужевых") in lines["warehouses resolved"].detail
+    assert lines["balance read"].detail == f"Condition in the {GUIDE}, detected; {BUDGETS}"
+
+
+@pytest.mark.parametrize(
+    ("server", "setting", "expected"),
+    [
+        ("doubled", "auto", f"{DOUBLED}, detected after the server refused the {GUIDE}"),
+        ("both", "auto", f"{GUIDE}, detected"),
+        ("guide", "query", "query-option form (Balance?Condition=…), pinned by onec.condition_form"),
+    ],
+)
+async def test_balance_line_names_the_form_the_server_took(
+    dataset: DemoDataset, server: str, setting: str, expected: str
+) -> None:
+    """check reads one balance and says which Condition form worked, and the URL budgets."""
+    box = OneCSandbox(dataset)
+    box.condition_form = server
+    async with connected(box, condition_form=setting, max_path_segment_chars=300) as onec:
+        line = by_name(await onec.check(NAMES))["balance read"]
+    assert line.ok, line.detail
+    assert line.detail == f"Condition in the {expected}; " + BUDGETS.replace("260", "300")
+
+
+async def test_balance_line_fails_when_the_server_refuses_the_pinned_form(
+    dataset: DemoDataset,
+) -> None:
+    """A server that refuses the pinned form: the line fails with 1C's own words and the key."""
+    async with connected(OneCSandbox(dataset), condition_form="doubled") as onec:
+        line = by_name(await onec.check(NAMES))["balance read"]
+    assert not line.ok
+    assert "could not parse the Condition" in line.detail and "'doubled'" in line.detail
+    assert "Не удалось разобрать строку" in line.detail and BUDGETS in line.detail
+
+
+async def test_balance_line_fails_when_the_condition_is_ignored(dataset: DemoDataset) -> None:
+    """Query options silently ignored (the whole register comes back): check says so."""
+    box = OneCSandbox(dataset)
+    box.query_options = "ignore"
+    async with connected(box, condition_form="query") as onec:
+        line = by_name(await onec.check(NAMES))["balance read"]
+    assert not line.ok and "did not apply the Condition sent in the query form" in line.detail
 
 
 async def test_wrong_credentials(dataset: DemoDataset) -> None:

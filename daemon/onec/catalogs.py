@@ -46,7 +46,7 @@ async def resolve_warehouses(
     transport: ODataTransport,
     names: Sequence[str],
     pinned: Mapping[str, str],
-    max_url_bytes: int,
+    limits: odata.UrlLimits,
 ) -> dict[str, Warehouse]:
     """Configured name → warehouse; ``pinned`` names are looked up by their Ref_Key instead."""
     wanted = list(dict.fromkeys(names))
@@ -66,7 +66,7 @@ async def resolve_warehouses(
             params = [("$format", "json"), ("$filter", where), ("$select", select)]
             return odata.relative_url(WAREHOUSES, params)
 
-        for run in odata.batches(keys, render_keys, max_url_bytes):
+        for run in odata.batches(keys, render_keys, limits):
             relative = transport.checked(render_keys(run))
             rows += rows_of(
                 await transport.get_json(relative, what="warehouses by key"), "warehouses"
@@ -80,7 +80,7 @@ async def resolve_warehouses(
             )
 
         literals = [odata.literal(n) for n in by_name]
-        for run in odata.batches(literals, render_names, max_url_bytes):
+        for run in odata.batches(literals, render_names, limits):
             relative = transport.checked(render_names(run))
             rows += rows_of(
                 await transport.get_json(relative, what="warehouses by name"), "warehouses"

@@ -30,10 +30,19 @@ import structlog
 from pydantic import SecretStr
 
 from daemon.errors import ConnectorError, PermanentError
-from daemon.model import DeliveredDocument, Item, Norm, TransferOrderDocument, Warehouse
+from daemon.model import (
+    EMPTY_GUID,
+    DeliveredDocument,
+    Item,
+    Norm,
+    TransferOrderDocument,
+    Warehouse,
+)
 from daemon.onec import catalogs, open_transfers, transfers
 from daemon.onec.answers import SYSTEM
+from daemon.onec.conditions import ConditionForms, read_balance
 from daemon.onec.metadata import (
+    STOCK,
     OneCSchema,
     ServiceMetadata,
     detect_schema,
@@ -43,7 +52,7 @@ from daemon.onec.metadata import (
 )
 from daemon.onec.norms import read_norms
 from daemon.onec.settings import OneCSettings
-from daemon.onec.stock import read_free_stock
+from daemon.onec.stock import read_free_stock, warehouse_condition
 from daemon.onec.transport import ODataTransport, since, task_group
 from daemon.ports import CheckResult, OpenTransferLine
 
@@ -58,6 +67,8 @@ class OneCConnector:
     def __init__(self, settings: OneCSettings, password: SecretStr | None) -> None:
         self._settings = settings
         self._transport = ODataTransport(settings, password)
+        # What the server showed it takes, kept for the life of the process.
+        self._conditions = ConditionForms(settings.condition_form)
         self._schema: OneCSchema | None = None
         # The one $metadata read in flight, shared by every caller that needs it meanwhile.
         self._loading: asyncio.Task[OneCSchema] | None = None
@@ -93,7 +104,10 @@ class OneCConnector:
 
     async def _fetch_metadata(self) -> ServiceMetadata:
         started = time.monotonic()
-        body = await self._transport.get(self._transport.url("$metadata"), what="$metadata")
+        # XML only: the guide says a JSON $metadata is not supported.
+        body = await self._transport.get(
+            self._transport.url("$metadata"), what="$metadata", accept="application/xml"
+        )
         meta = parse_metadata(body, types_to_keep())
         log.info(
             "onec_metadata_loaded",
@@ -148,7 +162,7 @@ class OneCConnector:
     async def resolve_warehouses(self, names: Sequence[str]) -> dict[str, Warehouse]:
         return await self._published(
             catalogs.resolve_warehouses(
-                self._transport, names, self._settings.warehouse_keys, self._settings.max_url_bytes
+                self._transport, names, self._settings.warehouse_keys, self._transport.limits
             )
         )
 
@@ -162,19 +176,19 @@ class OneCConnector:
             schema,
             warehouse_keys,
             page_size=self._settings.page_size,
-            max_url_bytes=self._settings.max_url_bytes,
+            limits=self._transport.limits,
         )
 
     async def read_free_stock(
         self, warehouse_keys: Sequence[str]
     ) -> dict[tuple[str, str], Decimal]:
-        return await self._published(read_free_stock(self._transport, warehouse_keys))
+        return await self._published(
+            read_free_stock(self._transport, self._conditions, warehouse_keys)
+        )
 
     async def read_open_transfers(self, receiver_keys: Sequence[str]) -> list[OpenTransferLine]:
         return await self._published(
-            open_transfers.read_open_transfers(
-                self._transport, receiver_keys, max_url_bytes=self._settings.max_url_bytes
-            )
+            open_transfers.read_open_transfers(self._transport, self._conditions, receiver_keys)
         )
 
     # -- writes ----------------------------------------------------------------------------
@@ -203,7 +217,8 @@ class OneCConnector:
 
     async def check(self, warehouse_names: Sequence[str]) -> list[CheckResult]:
         """One line each: reachable, credentials, UT version, objects published, organization
-        and priority, warehouses resolved. Later lines are skipped after a failure."""
+        and priority, warehouses resolved, a balance read (the ``Condition`` form the server
+        took, and the URL budgets). Later lines are skipped after a failure."""
         results: list[CheckResult] = []
 
         def line(name: str, ok: bool, detail: str) -> None:
@@ -221,6 +236,7 @@ class OneCConnector:
             "required objects published",
             "organization and priority resolved",
             "warehouses resolved",
+            "balance read",
         )
         host = self._settings.base_url.host or str(self._settings.base_url)
         try:
@@ -259,9 +275,50 @@ class OneCConnector:
             line(steps[4], True, detail)
         except ConnectorError as exc:
             line(steps[4], False, exc.describe())
+        found: dict[str, Warehouse] = {}
         try:
             found = await self.resolve_warehouses(warehouse_names)
             line(steps[5], True, ", ".join(f"{n} → {w.key}" for n, w in found.items()))
         except ConnectorError as exc:
             line(steps[5], False, exc.describe())
+        line(steps[6], *await self._check_balance([w.key for w in found.values()]))
         return results
+
+    async def _check_balance(self, warehouse_keys: Sequence[str]) -> tuple[bool, str]:
+        """Read one warehouse's balance summed to one row, with what was learnt of the
+        ``Condition`` form forgotten first, so the line says what the server takes now."""
+        limits = self._transport.limits
+        budgets = (
+            f"URL budgets: {limits.url_bytes} bytes of path and query (onec.max_url_bytes), "
+            f"{limits.segment_chars} characters per path segment (onec.max_path_segment_chars)"
+        )
+        # No warehouse resolved: the empty one still shows how the Condition is read.
+        probe = (warehouse_keys[0] if warehouse_keys else EMPTY_GUID).lower()
+        self._conditions.forget()
+        try:
+            _, rows = await read_balance(
+                self._transport,
+                self._conditions,
+                STOCK,
+                warehouse_condition(probe),
+                dimensions="Склад",
+                select="Склад_Key",
+                what="stock balance of one warehouse",
+                convert=list,
+            )
+        except ConnectorError as exc:
+            return False, f"{exc.describe()}; {budgets}"
+        others = {
+            str(row.get("Склад_Key")) if isinstance(row, dict) else repr(row)
+            for row in rows
+            if not isinstance(row, dict) or str(row.get("Склад_Key", "")).lower() != probe
+        }
+        if others:
+            form = self._conditions.known
+            self._conditions.forget()
+            return False, (
+                f"1C answered with the balance of other warehouses ({', '.join(sorted(others))}): "
+                f"it did not apply the Condition sent in the {form} form; pin another "
+                f"onec.condition_form; {budgets}"
+            )
+        return True, f"Condition in the {self._conditions.describe()}; {budgets}"

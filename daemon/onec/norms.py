@@ -5,16 +5,19 @@ item on one warehouse, among rows with ``ЭтоДействующийПарам�
 
 1. the detailed row (same item and warehouse, no group) wins;
 2. otherwise a membership row (same item and warehouse, a group) points to the group's setting
-   row (no item, no characteristic, no warehouse, that group), whose values replace the member
-   row's (``ЕСТЬNULL(НастройкаГруппировки.X, Таблица.X)``); without a setting row the member
-   row's own values stand.
+   row (no item, no characteristic, no warehouse, that group), whose values are the norm. The
+   member row's own numbers are never read: every field is
+   ``ЕСТЬNULL(НастройкаДетальная.X, ЕСТЬNULL(НастройкаГруппировки.X, …))``, so a group without
+   a setting row gives no norm at all. (``ВременнаяТаблицаТоварыПоддерживаемогоЗапаса`` in the
+   same module does fall back to the member row, ``ЕСТЬNULL(НастройкаГруппировки.X,
+   Таблица.X)``, but it lists the items whose stock is kept, it does not resolve a norm.)
 
 Only then is the method checked: the effective row must say ``ПоддержаниеЗапасаМинМакс``. The hub
 works per item, not per characteristic, so only rows with an empty ``Характеристика`` are read.
 A maximum of 0 means "not set" (the target level is then the minimum).
 
 The rows of every wanted warehouse and the group setting rows (those with no warehouse) come
-from one paged query whenever its URL fits ``max_url_bytes`` (batches of warehouses when it does
+from one paged query whenever its URL fits the ``limits`` (batches of warehouses when it does
 not); each row carries its ``Склад_Key``. Pages are resolved as they arrive, so that little is
 left to do once the last one is in; package sizes come from ``daemon.onec.packages``.
 
@@ -192,8 +195,8 @@ class Resolution:
         found = {key: (row, "item") for key, row in detailed.items() if row.method == MINMAX}
         for key, member in self.membership.items():
             if key not in detailed:
-                row = settings.get(member.group, member)
-                if row.method == MINMAX:
+                row = settings.get(member.group)
+                if row is not None and row.method == MINMAX:
                     found[key] = (row, "group")
         return found
 
@@ -204,7 +207,7 @@ async def read_norms(
     warehouse_keys: Sequence[str],
     *,
     page_size: int,
-    max_url_bytes: int,
+    limits: odata.UrlLimits,
 ) -> dict[tuple[str, str], Norm]:
     """Effective min/max norms per (item key, warehouse key) for ``warehouse_keys``."""
     started = time.monotonic()
@@ -235,7 +238,7 @@ async def read_norms(
     key_of = {odata.guid(key): key for key in [*wanted, EMPTY_GUID]}
     queries = [
         {key_of[literal]: key_of[literal] for literal in run}
-        for run in odata.batches(list(key_of), farthest, max_url_bytes)
+        for run in odata.batches(list(key_of), farthest, limits)
     ]
 
     resolution = Resolution()
@@ -279,7 +282,7 @@ async def read_norms(
         catalog_size=catalog_size,
         catalog_rows=catalog_rows,
         page_size=page_size,
-        max_url_bytes=max_url_bytes,
+        max_url_bytes=limits.url_bytes,
     )
     norms: dict[tuple[str, str], Norm] = {}
     # Norms are immutable and repeat (about a thousand distinct among tens of thousands):

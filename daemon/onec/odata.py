@@ -3,12 +3,17 @@
 Everything that becomes part of a URL goes through here, so one place guarantees that
 
 * a value taken from data (a warehouse called ``Склад "О'Брайен"``) is a single string literal:
-  quotes are doubled inside literals, and doubled again when the expression is itself a literal
-  (``Balance(Condition='…')``), so it can never change the meaning of a filter;
+  quotes are doubled inside literals, so it can never change the meaning of a filter;
+* a ``Condition`` of a virtual table goes in the form the server reads (``balance_call``): the
+  guide's, its inner quotes left as they are; the OData-escaped one, doubled again; or as query
+  options. The guide's form has no escape, so an expression holding a doubled quote is never
+  written in it;
 * names are checked to be plain identifiers and keys to be GUIDs before they are spliced in;
 * spaces are sent as ``%20`` (1C does not read ``+`` as a space) and ``+``, ``&``, ``#``, ``%``,
   ``=`` in values are percent-encoded, so no value can add a query option;
-* a request stays under the configured URL length (GUID lists are cut into batches).
+* a request stays under both IIS limits (``UrlLimits``): the bytes of the URL, which bound the
+  query string (``maxQueryString``), and the characters of each path segment once decoded
+  (HTTP.sys ``UrlSegmentMaxLength``); GUID lists are cut into batches that fit both.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Literal, NamedTuple
+from urllib.parse import quote, unquote
 from xml.etree import ElementTree
 
 import orjson
@@ -88,13 +93,90 @@ def all_of(*terms: str) -> str:
 
 
 def substringof(needle: str, field: str) -> str:
-    return f"substringof({literal(needle)}, {name(field)})"
+    """``substringof('…', F) eq true``, as the guide writes it (it never uses a bare one)."""
+    return f"substringof({literal(needle)}, {name(field)}) eq true"
 
 
 def call(function: str, **params: str) -> str:
     """A bound function segment with string parameters, e.g. ``Balance(Condition='…')``."""
     args = ",".join(f"{name(key)}={literal(value)}" for key, value in params.items())
     return f"{name(function)}({args})"
+
+
+ConditionForm = Literal["guide", "doubled", "query"]
+CONDITION_FORMS: tuple[ConditionForm, ...] = ("guide", "doubled", "query")
+# Literals that hold no quote of their own: what the guide's form can carry safely.
+_TYPED = re.compile(r"(?:guid|datetime)'[^']*'")
+
+
+def expressible(condition: str, form: ConditionForm) -> bool:
+    """Whether ``condition`` can be sent in ``form`` without a chance of being misread.
+
+    In a path segment (``guide``, ``doubled``) a ``/`` would start a new segment, encoded or
+    not (HTTP.sys decodes ``%2F`` before it splits). The guide's form has no escape, so where
+    the parameter ends is the server's guess: a string literal holding a doubled quote (a
+    name like ``O'Брайен``) could end it early and have the rest read as more parameters.
+    GUID and date literals, and string literals without a quote, leave no doubt."""
+    if form == "query":
+        return True
+    if "/" in condition:
+        return False
+    return form == "doubled" or "''" not in _TYPED.sub("", condition)
+
+
+def balance_call(
+    register: str, condition: str, form: ConditionForm, *, dimensions: str
+) -> tuple[str, list[tuple[str, str]]]:
+    """(path, leading query options) of ``register/Balance`` with ``Condition`` and
+    ``Dimensions`` in ``form``; ValueError when ``condition`` is not ``expressible`` in it:
+
+    * ``guide``: ``Balance(Condition='Склад_Key eq guid'…'',Dimensions='…')`` (guide §17.4.9,
+      §17.4.13.2), the expression as it is;
+    * ``doubled``: the expression as an OData string literal, its quotes doubled;
+    * ``query``: ``Balance?Condition=Склад_Key eq guid'…'&Dimensions=…``, as the guide passes
+      them to ``SliceLast``; percent-encoding keeps every value inside its option.
+    """
+    for part in dimensions.split(","):
+        name(part)
+    if not expressible(condition, form):
+        raise ValueError(f"this Condition cannot be sent in the {form!r} form: {condition!r}")
+    head = name(register) + "/"
+    if form == "query":
+        return head + "Balance", [("Condition", condition), ("Dimensions", dimensions)]
+    if form == "doubled":
+        return head + call("Balance", Condition=condition, Dimensions=dimensions), []
+    return head + f"Balance(Condition='{condition}',Dimensions='{dimensions}')", []
+
+
+class UrlLimits(NamedTuple):
+    """What IIS lets through: ``url_bytes`` of encoded path and query together (this bounds the
+    query string, ``maxQueryString``, 2048 bytes by default), and ``segment_chars`` characters
+    in each path segment (HTTP.sys ``UrlSegmentMaxLength``, 260 by default). HTTP.sys measures
+    the URL it has decoded — a decoded ``%2F`` starts a new segment — so a segment counts its
+    decoded characters: a Cyrillic letter is one, not the six bytes it takes on the wire."""
+
+    url_bytes: int
+    segment_chars: int
+
+    def excess(self, relative: str) -> str | None:
+        """Which limit the encoded ``relative`` URL breaks, naming the key; None if it fits."""
+        if len(relative) > self.url_bytes:
+            return (
+                f"{len(relative)} bytes long, over the {self.url_bytes}-byte limit "
+                "(onec.max_url_bytes)"
+            )
+        segment = longest_segment(relative)
+        if segment > self.segment_chars:
+            return (
+                f"a path segment of {segment} characters, over the {self.segment_chars}-character "
+                "limit (onec.max_path_segment_chars)"
+            )
+        return None
+
+
+def longest_segment(relative: str) -> int:
+    """Characters of the longest path segment of an encoded relative URL, once decoded."""
+    return max(len(part) for part in unquote(relative.split("?", 1)[0]).split("/"))
 
 
 def encode_path(path: str) -> str:
@@ -112,38 +194,56 @@ def relative_url(path: str, params: Sequence[tuple[str, str]] = ()) -> str:
 
 
 def batches(
-    values: Sequence[str], render: Callable[[Sequence[str]], str], limit: int
+    values: Sequence[str], render: Callable[[Sequence[str]], str], limit: int | UrlLimits
 ) -> list[list[str]]:
     """Cut ``values`` into runs whose rendered request (``render(run)``, an encoded relative
-    URL) stays within ``limit`` bytes. A single value that cannot fit is a PermanentError.
+    URL) fits ``limit``: a byte count, or both ``UrlLimits``. A single value that cannot fit
+    is a PermanentError.
 
-    ``render`` joins per-value terms, so a run's length is the first value's request plus what
-    each further value adds; measuring that on two-value runs keeps this linear."""
+    ``render`` joins per-value terms, so a run's size is the first value's request plus what
+    each further value adds; measuring that on two-value runs keeps this linear. Each run is
+    measured whole at the end, and one the estimate let over (the longest segment was not the
+    one that grows) is cut again by exact measure."""
+    limits = limit if isinstance(limit, UrlLimits) else UrlLimits(limit, 1 << 62)
+
+    def measure(run: Sequence[str]) -> tuple[int, int]:
+        relative = render(run)
+        return len(relative), longest_segment(relative)
+
     runs: list[list[str]] = []
     current: list[str] = []
-    size = start = 0
+    size = segment = start = start_segment = 0
     for value in values:
         if current:
-            grown = size + len(render([current[0], value])) - start
-            if grown <= limit:
+            pair_size, pair_segment = measure([current[0], value])
+            grown, grown_segment = size + pair_size - start, segment + pair_segment - start_segment
+            if grown <= limits.url_bytes and grown_segment <= limits.segment_chars:
                 current.append(value)
-                size = grown
+                size, segment = grown, grown_segment
                 continue
             runs.append(current)
-        start = size = len(render([value]))
-        if size > limit:
+        size, segment = start, start_segment = measure([value])
+        problem = limits.excess(render([value]))
+        if problem is not None:
             raise PermanentError(
-                f"a request with a single value is {size} bytes, over the {limit}-byte limit "
-                "(onec.max_url_bytes)",
-                system="1c",
-                code="url_length",
+                f"a request with a single value would be {problem}", system="1c", code="url_length"
             )
         current = [value]
     if current:
         runs.append(current)
-    if any(len(render(run)) > limit for run in runs):
-        raise AssertionError("batches: render() is not a join of per-value terms")
-    return runs
+    exact: list[list[str]] = []
+    for run in runs:
+        if limits.excess(render(run)) is None:
+            exact.append(run)
+            continue
+        piece: list[str] = []
+        for value in run:
+            if piece and limits.excess(render([*piece, value])) is not None:
+                exact.append(piece)
+                piece = []
+            piece.append(value)
+        exact.append(piece)
+    return exact
 
 
 def json_number(value: Decimal) -> int | float:

@@ -9,6 +9,11 @@ out even if a balance remained.
 These quantities are stock already on its way: an order or balance row that cannot be read
 fails the read (naming the order or item), since leaving it out would order the same units
 again.
+
+The orders go into the balance's ``Condition`` in batches. In a path segment
+(``Balance(Condition='… or …')``) HTTP.sys lets 260 characters through, about two orders;
+with the query-option form (``onec.condition_form = "query"``) the query string's 2048 bytes
+hold two dozen.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from daemon.onec.answers import (
     shape,
     text,
 )
+from daemon.onec.conditions import ConditionForms, read_balance
 from daemon.onec.metadata import ORDER, ORDER_BALANCES
 from daemon.onec.paging import read_all
-from daemon.onec.transport import ODataTransport, rows_of, task_group
+from daemon.onec.transport import ODataTransport, task_group
 from daemon.ports import OpenTransferLine
 
 log = structlog.get_logger(__name__)
@@ -42,8 +48,12 @@ SENDER, RECEIVER, COMMENT = "СкладОтправитель_Key", "Склад�
 ORDER_KEY, ITEM, OUTSTANDING = "ЗаказНаПеремещение_Key", "Номенклатура_Key", "КОформлениюBalance"
 
 
+_DIMENSIONS = "ЗаказНаПеремещение,Номенклатура"
+_SELECT = f"{ORDER_KEY},{ITEM},{OUTSTANDING}"
+
+
 async def read_open_transfers(
-    transport: ODataTransport, receiver_keys: Sequence[str], *, max_url_bytes: int
+    transport: ODataTransport, forms: ConditionForms, receiver_keys: Sequence[str]
 ) -> list[OpenTransferLine]:
     """What the hub's open transfer orders to the receivers still owe, per sender and item."""
     if not receiver_keys:
@@ -68,28 +78,46 @@ async def read_open_transfers(
     if not keys:
         return []
 
-    def render(run: Sequence[str]) -> str:
-        condition = " or ".join(odata.eq(ORDER_KEY, key) for key in run)
-        path = f"{ORDER_BALANCES}/" + odata.call(
-            "Balance", Condition=condition, Dimensions="ЗаказНаПеремещение,Номенклатура"
-        )
-        select = f"{ORDER_KEY},{ITEM},{OUTSTANDING}"
-        return odata.relative_url(path, [("$format", "json"), ("$select", select)])
+    def condition(run: Sequence[str]) -> str:
+        return " or ".join(odata.eq(ORDER_KEY, key) for key in run)
 
-    tasks: list[asyncio.Task[Any]] = []
+    form = forms.batching_form()
+
+    def render(run: Sequence[str]) -> str:
+        path, options = odata.balance_call(
+            ORDER_BALANCES, condition(run), form, dimensions=_DIMENSIONS
+        )
+        return odata.relative_url(path, [*options, ("$format", "json"), ("$select", _SELECT)])
+
+    tasks: list[asyncio.Task[tuple[int, list[Any]]]] = []
     async with task_group() as group:
-        for run in odata.batches(keys, render, max_url_bytes):
-            relative = transport.checked(render(run))
-            tasks.append(group.create_task(transport.get_json(relative, what="transfer balances")))
+        for run in odata.batches(keys, render, transport.limits):
+            read = read_balance(
+                transport,
+                forms,
+                ORDER_BALANCES,
+                condition(run),
+                dimensions=_DIMENSIONS,
+                select=_SELECT,
+                what="transfer balances",
+                convert=list,
+            )
+            tasks.append(group.create_task(read))
     outstanding: dict[tuple[str, str, str], Decimal] = {}
     for task in tasks:
-        for row in rows_of(task.result(), "transfer balances"):
+        for row in task.result()[1]:
             order, item, amount = _balance(row)
             sender_receiver = route.get(order.lower())
             if amount > 0 and sender_receiver is not None:
                 line = (*sender_receiver, item)
                 outstanding[line] = outstanding.get(line, Decimal(0)) + amount
-    log.info("onec_read", what="open_transfers", orders=len(keys), lines=len(outstanding))
+    log.info(
+        "onec_read",
+        what="open_transfers",
+        orders=len(keys),
+        requests=len(tasks),
+        lines=len(outstanding),
+    )
     return [
         OpenTransferLine(sender, receiver, item, qty)
         for (sender, receiver, item), qty in sorted(outstanding.items())

@@ -1,7 +1,8 @@
 """Free stock ``ВНаличии − КОтгрузке`` from ``AccumulationRegister_ТоварыНаСкладах/Balance``.
 
 One ``Balance`` call per warehouse, with the warehouse pushed into ``Condition`` (1C filters the
-virtual table while computing it; a ``$filter`` would be applied afterwards) and
+virtual table while computing it; a ``$filter`` would be applied afterwards; the form of the
+Condition is the one the server takes, ``daemon.onec.conditions``) and
 ``Dimensions='Номенклатура'`` so 1C itself sums the Назначение/Серия/Помещение/Характеристика
 rows (the warehouse is fixed by the Condition). Never one request per item, and never ``$skip``
 paging: every page of a virtual table recomputes the whole table. The warehouses are asked
@@ -24,6 +25,7 @@ import structlog
 
 from daemon.onec import odata
 from daemon.onec.answers import LIMIT, guid_text, malformed, need_quantity, row_label
+from daemon.onec.conditions import ConditionForms, read_balance
 from daemon.onec.metadata import STOCK
 from daemon.onec.transport import AHEAD, ODataTransport, since, task_group
 
@@ -34,25 +36,25 @@ ITEM, ON_HAND, RESERVED = "Номенклатура_Key", "ВНаличииBalan
 _SELECT = f"{ITEM},{ON_HAND},{RESERVED}"
 
 
-def balance_url(transport: ODataTransport, warehouse_key: str) -> str:
-    path = f"{STOCK}/" + odata.call(
-        "Balance",
-        Condition=odata.eq("Склад_Key", odata.guid(warehouse_key)),
-        Dimensions="Номенклатура",
-    )
-    return transport.url(path, [("$format", "json"), ("$select", _SELECT)])
+def warehouse_condition(warehouse_key: str) -> str:
+    return odata.eq("Склад_Key", odata.guid(warehouse_key))
 
 
 async def read_free_stock(
-    transport: ODataTransport, warehouse_keys: Sequence[str]
+    transport: ODataTransport, forms: ConditionForms, warehouse_keys: Sequence[str]
 ) -> dict[tuple[str, str], Decimal]:
     """(item key, warehouse key) → free stock; pairs with no balance row are absent (0)."""
     started = time.monotonic()
     tasks = []
     async with task_group() as group:
         for warehouse_key in dict.fromkeys(warehouse_keys):
-            read = transport.get_rows(
-                balance_url(transport, warehouse_key),
+            read = read_balance(
+                transport,
+                forms,
+                STOCK,
+                warehouse_condition(warehouse_key),
+                dimensions="Номенклатура",
+                select=_SELECT,
                 what="stock balance",
                 convert=partial(_free_stock, warehouse=warehouse_key),
                 # Nothing waits for a balance to ask for more, as it waits for a count.

@@ -1,7 +1,8 @@
 """HTTP to the 1C publication: one session, exact URLs, bounded concurrency, retries, errors.
 
 * URLs are built by ``daemon.onec.odata`` and handed to aiohttp as ``yarl.URL(…, encoded=True)``
-  so nothing is re-encoded: what ``relative_url`` returns is what goes on the wire.
+  so nothing is re-encoded: what ``relative_url`` returns is what goes on the wire, and what is
+  measured against both IIS limits (``limits``) before it is sent.
 * At most ``max_concurrency`` requests are in flight (``Slots`` around each exchange). When all
   are busy, requests that open more work (lookups, counts, first pages) go first, then the
   follow-up pages of reads that have work left once their pages are in (``ahead``), then the
@@ -12,7 +13,8 @@
 * HTTP failures become ``daemon.errors`` classes here and nowhere else: 401/403/404/400, a 500
   *with* ``odata.error`` (a refusal by 1C itself: posting check, handler) are permanent;
   timeouts, connection errors, 429, 502/503/504 and a 500 without ``odata.error`` (a cold or
-  crashed worker) are transient.
+  crashed worker) are transient. IIS's own refusals of a URL too long (HTTP.sys 400 «Invalid
+  URL», request filtering 404.15) name the setting that keeps URLs short.
 * The password lives only in the prepared ``Authorization`` header, never in a message or log.
 """
 
@@ -24,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import aiohttp
 import structlog
@@ -63,6 +66,7 @@ class ODataTransport:
             "Authorization": aiohttp.encode_basic_auth(settings.username, secret, "utf-8"),
             "Accept": "application/json",
         }
+        self.limits = odata.UrlLimits(settings.max_url_bytes, settings.max_path_segment_chars)
         self._slots = Slots(settings.max_concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
@@ -92,29 +96,33 @@ class ODataTransport:
             self._session = None
 
     def url(self, path: str, params: Sequence[tuple[str, str]] = ()) -> str:
-        """The encoded relative URL, refused if longer than ``max_url_bytes``."""
+        """The encoded relative URL, refused if it breaks one of the ``limits``."""
         return self.checked(odata.relative_url(path, params))
 
     def checked(self, relative: str) -> str:
-        """An encoded relative URL, refused if longer than ``max_url_bytes``."""
-        if len(relative) > self._settings.max_url_bytes:
-            target = relative.split("?")[0].split("(")[0]
+        """An encoded relative URL, refused if it breaks one of the ``limits``."""
+        problem = self.limits.excess(relative)
+        if problem is not None:
+            target = unquote(relative.split("?")[0].split("(")[0])
             raise PermanentError(
-                f"request to {target} would be {len(relative)} bytes long, over the "
-                f"{self._settings.max_url_bytes}-byte limit (onec.max_url_bytes)",
+                f"request to {target} would have {problem}",
                 system=SYSTEM,
+                code="url_length",
             )
         return relative
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def get(self, relative: str, *, what: str, priority: int = OPENING) -> bytes:
-        """GET with retries; returns the body of a 2xx answer."""
+    async def get(
+        self, relative: str, *, what: str, priority: int = OPENING, accept: str | None = None
+    ) -> bytes:
+        """GET with retries; returns the body of a 2xx answer. ``accept`` replaces the JSON
+        ``Accept`` header (``$metadata`` is XML only)."""
         attempts = self._settings.read_attempts
         for attempt in range(1, attempts + 1):
             try:
                 _, body, _ = await self._exchange(
-                    "GET", relative, None, what=what, unsafe=False, priority=priority
+                    "GET", relative, None, what=what, unsafe=False, priority=priority, accept=accept
                 )
                 # Let the request waiting for the slot just freed go out before this answer is
                 # parsed: parsing is CPU work, and the next request's round trip can run under it.
@@ -203,16 +211,23 @@ class ODataTransport:
         what: str,
         unsafe: bool,
         priority: int = OPENING,
+        accept: str | None = None,
     ) -> tuple[int, bytes, str | None]:
         if self._session is None:
             raise RuntimeError("the 1C connector is not open (use 'async with')")
         url = yarl.URL(self.base + relative, encoded=True)
-        headers = {"Content-Type": "application/json; charset=utf-8"} if body is not None else None
+        headers: dict[str, str] = {}
+        if body is not None:
+            headers["Content-Type"] = "application/json; charset=utf-8"
+        if accept is not None:
+            headers["Accept"] = accept
         started = time.monotonic()
         async with self._slots.held(priority):
             self.request_count += 1
             try:
-                async with self._session.request(method, url, data=body, headers=headers) as resp:
+                async with self._session.request(
+                    method, url, data=body, headers=headers or None
+                ) as resp:
                     content = await resp.read()
                     status = resp.status
                     location = resp.headers.get("Location")
@@ -248,6 +263,16 @@ def classify(status: int, body: bytes, *, what: str, unsafe: bool, user: str) ->
     elif status in _TRANSIENT_STATUS or (status >= 500 and code is None):
         cls = OutcomeUnknownError if unsafe else TransientError
         text = f"1C answered {what} with HTTP {status}"
+    elif code is None and status == 400 and b"Invalid URL" in body[:2000]:
+        text = (
+            f"the web server refused the URL of {what} (HTTP.sys «Invalid URL»: is a path "
+            "segment longer than its UrlSegmentMaxLength? lower onec.max_path_segment_chars)"
+        )
+    elif code is None and status == 404 and b"404.15" in body[:4000]:
+        text = (
+            f"the web server refused the URL of {what} (IIS 404.15: the query string is longer "
+            "than its maxQueryString; lower onec.max_url_bytes)"
+        )
     elif status == 404 and code == "9":
         text = f"{what}: no such object in 1C"
     elif status >= 500:

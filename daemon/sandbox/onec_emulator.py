@@ -6,12 +6,18 @@ serves it over ``aiohttp.web``; ``run_onec_sandbox`` runs it on 127.0.0.1 and yi
 
 Wire behaviour reproduced: Basic auth (UTF-8) → 401; JSON only with ``$format=json`` (Atom XML
 otherwise); ``odata.metadata`` envelopes; Int64 as strings; ``$metadata`` as EDMX with bindable
-``Balance``/``Post``/``Unpost``; the ``$filter`` subset (``+`` is not a space); ``$select``,
-``$top``, ``$skip``, ``$orderby``, ``$inlinecount``, ``/$count``; ``Balance(Condition=…,
-Dimensions=…)``; 400/404/500 ``odata.error`` bodies with the real codes; the transfer order's
-write and posting rules. Knobs inject latency (on every request, and more on virtual tables
-and on ``$metadata``, both slow on a real UT), a cold start, random faults (500 without
-``odata.error``, 502, a hang that ends in a dropped connection) and "commit, then drop".
+``Balance``/``Post``/``Unpost``, XML only (a JSON one is refused, guide §17.4.7); the ``$filter``
+subset (``+`` is not a space); ``$select``, ``$top``, ``$skip``, ``$orderby``, ``$inlinecount``,
+``/$count``; ``Balance(Condition=…, Dimensions=…)`` with the Condition read in the guide's form
+(inner quotes as they are) by default, or doubled, or either (``condition_form``), and the
+parameters as query options (``query_options``); 400/404/500 ``odata.error`` bodies with the real
+codes; the transfer order's write and posting rules. In front of it sit IIS's two URL limits, on
+by default as on a stock IIS: a path segment of more than 260 characters (HTTP.sys
+``UrlSegmentMaxLength``, counted decoded) → 400 «Bad Request - Invalid URL», a query string of
+more than 2048 bytes (``maxQueryString``) → 404.15, both plain HTML. Knobs inject latency (on
+every request, and more on virtual tables and on ``$metadata``, both slow on a real UT), a cold
+start, random faults (500 without ``odata.error``, 502, a hang that ends in a dropped
+connection) and "commit, then drop".
 """
 
 from __future__ import annotations
@@ -41,9 +47,12 @@ from daemon.sandbox.onec_database import (
 from daemon.sandbox.onec_documents import TransferOrders, summary
 from daemon.sandbox.onec_schema import ORDER, ORDER_LINES, enums, render_metadata
 from daemon.sandbox.onec_wire import (
+    FUNCTION_PARAMS,
     atom_response,
+    balance_params,
     drop_connection,
     error_response,
+    iis_refusal,
     int_option,
     json_response,
     parse_call_params,
@@ -80,6 +89,14 @@ class OneCSandbox:
         self.drop_after_commit = 0  # the next N creating POSTs commit, then drop the connection
         self.cold_start_s = 0.0  # the first request waits this long (1C starting a session)
         self.unpublished: set[str] = set()  # entity sets left out of the OData composition
+        # How Balance(Condition='…') is read: "guide" (inner quotes as they are), "doubled"
+        # (an OData string literal), "both".
+        self.condition_form = "guide"
+        # Balance?Condition=…&Dimensions=…: "accept" (as the guide shows for SliceLast),
+        # "refuse" (400 code 14) or "ignore" (the whole table, as if no parameter was given).
+        self.query_options = "accept"
+        self.max_url_segment_chars: int | None = 260  # HTTP.sys UrlSegmentMaxLength; None: off
+        self.max_query_string_bytes: int | None = 2048  # IIS maxQueryString; None: off
         self.request_count = 0
         self.requests_by_kind: Counter[str] = Counter()
         self.in_flight = 0
@@ -89,11 +106,10 @@ class OneCSandbox:
         )  # "METHOD raw-path?raw-query", newest last
         self._warm = False
         self._metadata: dict[frozenset[str], bytes] = {}
-        # Successful GET answers by (path+query, base generation, composition): a repeated
-        # read of unchanged data is a lookup, as 1C's own caches make it cheap too.
-        self.answers: OrderedDict[tuple[str, int, frozenset[str]], tuple[str, bytes, str]] = (
-            OrderedDict()
-        )
+        # Successful GET answers by (path+query, base generation, composition, the knobs that
+        # change how a request is read): a repeated read of unchanged data is a lookup, as
+        # 1C's own caches make it cheap too.
+        self.answers: OrderedDict[tuple[Any, ...], tuple[str, bytes, str]] = OrderedDict()
         self.seed = 0
 
     @property
@@ -167,6 +183,15 @@ class _Handler:
         box.in_flight += 1
         box.max_in_flight = max(box.max_in_flight, box.in_flight)
         try:
+            refusal = iis_refusal(
+                request.rel_url.raw_path,
+                request.rel_url.raw_query_string,
+                segment_chars=box.max_url_segment_chars,
+                query_bytes=box.max_query_string_bytes,
+            )
+            if refusal is not None:
+                box.requests_by_kind[f"iis_{refusal.status}"] += 1
+                return refusal
             await box._delay()
             fault = box._fault()
             if fault == "timeout":
@@ -191,7 +216,14 @@ class _Handler:
                 return web.Response(status=404, text="Not Found")
             options = parse_query(request.rel_url.raw_query_string)
             as_json = options.get("$format") in ("json", "application/json")
-            key = (request.rel_url.raw_path_qs, box.db.generation, frozenset(box.unpublished))
+            key = (
+                request.rel_url.raw_path_qs,
+                box.db.generation,
+                frozenset(box.unpublished),
+                box.condition_form,
+                box.query_options,
+                _wants_json(request, options),
+            )
             cached = box.answers.get(key) if request.method == "GET" else None
             if cached is not None:
                 kind, body, content_type = cached
@@ -242,6 +274,10 @@ class _Handler:
         box = self.sandbox
         root = f"{request.scheme}://{request.host}{PREFIX}"
         if path == "$metadata":
+            if _wants_json(request, options):
+                # Status and text are the emulator's: the guide says only "not supported".
+                box.requests_by_kind["metadata_json_refused"] += 1
+                raise ODataFault(415, "-1", "Запрос $metadata в формате json не поддерживается")
             box.requests_by_kind["metadata"] += 1
             if box.metadata_latency_s > 0:
                 await asyncio.sleep(box.metadata_latency_s)
@@ -349,8 +385,10 @@ class _Handler:
         box.requests_by_kind["balance"] += 1
         if box.balance_latency_s > 0:
             await asyncio.sleep(box.balance_latency_s)
-        params = parse_call_params(args) if args else {}
-        unknown = set(params) - {"Condition", "Dimensions", "Period"}
+        params = balance_params(
+            args, options, form=box.condition_form, query_options=box.query_options
+        )
+        unknown = set(params) - set(FUNCTION_PARAMS)
         if unknown:
             raise unknown_segment(sorted(unknown)[0])
         register = box.db.registers[name]
@@ -393,6 +431,14 @@ class _Handler:
             return json.loads(await request.read())
         except (ValueError, UnicodeDecodeError):
             raise ODataFault(500, "-1", "Непредвиденный символ при чтении JSON") from None
+
+
+def _wants_json(request: web.Request, options: dict[str, str]) -> bool:
+    """``$format=json``, or an ``Accept`` that names JSON and neither XML nor ``*/*``."""
+    if options.get("$format", "").lower() in ("json", "application/json"):
+        return True
+    accept = request.headers.get("Accept", "").lower()
+    return "json" in accept and "xml" not in accept and "*/*" not in accept
 
 
 def make_onec_app(sandbox: OneCSandbox) -> web.Application:

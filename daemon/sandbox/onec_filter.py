@@ -309,6 +309,50 @@ def parse_params(text: str) -> dict[str, Any]:
     return params
 
 
+_PARAM_NAME = re.compile(r"\s*([^\W\d]\w*)\s*=\s*")
+_NEXT_PARAM = re.compile(r",\s*[^\W\d]\w*\s*=")
+
+
+def parse_guide_params(text: str) -> dict[str, Any]:
+    """Parse function parameters written as the developer guide writes them (§17.4.9):
+    ``Condition='Товар_Key eq guid'value'',Dimensions='Номенклатура'`` — a quoted value is
+    taken as it is, with no unescaping, and ends at the first quote that is followed by the
+    next ``,Name=`` or by the end. Other values are single literals (``datetime'…'``)."""
+    params: dict[str, Any] = {}
+    position = 0
+    while position < len(text):
+        match = _PARAM_NAME.match(text, position)
+        if match is None:
+            raise FilterSyntaxError("expected Name=value")
+        position = match.end()
+        if text.startswith("'", position):
+            end = position + 1
+            while True:
+                end = text.find("'", end)
+                if end < 0:
+                    raise FilterSyntaxError("unterminated value")
+                if end + 1 == len(text) or _NEXT_PARAM.match(text, end + 1):
+                    break
+                end += 1
+            params[match.group(1)] = text[position + 1 : end]
+            position = end + 1
+        else:
+            following = _NEXT_PARAM.search(text, position)
+            end = following.start() if following else len(text)
+            tokens = tokenize(text[position:end])
+            if len(tokens) != 1 or tokens[0].kind != "literal":
+                raise FilterSyntaxError("expected a literal")
+            params[match.group(1)] = tokens[0].value
+            position = end
+        if position < len(text):
+            if text[position] != ",":
+                raise FilterSyntaxError("expected ','")
+            position += 1
+            if position == len(text):
+                raise FilterSyntaxError("trailing ','")
+    return params
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------
