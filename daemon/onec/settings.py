@@ -25,7 +25,22 @@ class OneCSettings(BaseModel):
     max_concurrency: int = Field(default=4, ge=1, le=32)
     page_size: int = Field(default=1000, ge=1, le=10000)
     max_url_bytes: int = Field(
-        default=2048, ge=512, le=65536, description="Longest request path+query sent (IIS: 2048)"
+        default=2048,
+        ge=512,
+        le=65536,
+        description="Longest request path+query, bytes as encoded (IIS maxQueryString: 2048)",
+    )
+    max_path_segment_chars: int = Field(
+        default=260,
+        ge=128,
+        le=32766,
+        description="Longest path segment sent, in characters once decoded "
+        "(HTTP.sys UrlSegmentMaxLength 260)",
+    )
+    condition_form: Literal["auto", "guide", "doubled", "query"] = Field(
+        default="auto",
+        description="How Condition is sent to a virtual table: the guide's form, quotes doubled, "
+        "or as query options; auto tries the guide's, then doubled, and keeps what worked",
     )
     read_attempts: int = Field(
         default=4, ge=1, le=10, description="Tries per idempotent GET before a TransientError"
