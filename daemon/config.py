@@ -112,7 +112,15 @@ class TargetSection(_Section):
 class ReplenishmentSection(_Section):
     targets: list[TargetSection] = Field(min_length=1)
     desired_arrival_days: int = Field(default=2, ge=0, le=60)
-    subtract_open_transfers_at_donors: bool = True
+    subtract_open_transfers_at_donors: bool = Field(
+        default=True,
+        description=(
+            "Subtract from each donor's free stock (ТоварыНаСкладах) what the hub's open "
+            "transfer orders from it still owe: КОформлению of those posted in 1C (posting one "
+            "does not touch ТоварыНаСкладах; its shipment does) and the lines of those still "
+            "in the outbox. false only for a УТ whose ТоварыНаСкладах already excludes them"
+        ),
+    )
     max_positions_per_order: int = Field(default=1000, ge=1, le=1000)
     plan_retention_days: int = Field(default=90, ge=1, le=3650)
 

@@ -175,7 +175,24 @@ def _planning_inputs(
 ) -> PlanningInputs:
     """The planner's inputs from what was read: incoming per target (the hub's open transfer
     orders in 1C and in the outbox, its open МойСклад orders and those in the outbox), and the
-    donors' free stock less what those transfer orders still owe."""
+    donors' free stock less what those transfer orders still owe.
+
+    Why the orders already posted in 1C are subtracted at their donors too (with
+    ``subtract_open_transfers_at_donors``): the donor's free stock is read from
+    ``ТоварыНаСкладах``, and posting a «Заказ на перемещение» does not write that register
+    (UT 11.5.20 ``Documents/ЗаказНаПеремещение.xml``, RegisterRecords: ``ТоварыКОтгрузке``,
+    ``ЗаказыНаПеремещение``, ``ТоварыКПоступлению``, ``ЗапасыИПотребности``). UT takes the promised
+    units off its own free stock (``ЗапасыИПотребности``, which its posting control checks) and
+    off ``ТоварыНаСкладах`` only when a «Перемещение товаров» ships them — at the moment
+    ``КОформлению`` drops by as much. So ``КОформлению`` is exactly what ``ТоварыНаСкладах`` still
+    holds for the hub's orders, and subtracting it counts nothing twice; leaving it out would
+    promise those units again, and UT would refuse to post the second order.
+
+    Documents still in the outbox count both ways as well; one whose attempt is in flight or
+    unknown may already be in 1C and is then counted twice for this run — on the side of
+    ordering less, which the next run corrects. A dead one counts only as far as 1C holds it
+    posted: one 1C refused to post is marked for deletion (``daemon.onec.transfers``), so its
+    items are planned again from fresh stock."""
     targets = config.replenishment.targets
     item_by_product = {product.id: item_key for item_key, product in products.items()}
     open_lines = [*transfers, *undelivered_transfer_lines(undelivered)]
