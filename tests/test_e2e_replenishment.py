@@ -8,6 +8,9 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
+
+import pytest
 
 from tests.conftest import Sandboxes
 
@@ -238,3 +241,50 @@ async def test_plans_older_than_the_retention_are_pruned_and_runs_kept(
     with sqlite3.connect(database) as conn:
         kept = conn.execute("SELECT DISTINCT run_id FROM plan_items").fetchall()
     assert kept == [(new["run"]["id"],)]
+
+
+@pytest.mark.parametrize(
+    ("server", "setting", "form"),
+    [
+        ("guide", "auto", "guide"),
+        ("doubled", "auto", "doubled"),
+        ("both", "auto", "guide"),
+        ("guide", "query", "query"),
+    ],
+)
+async def test_two_runs_in_each_condition_form_behind_iis_limits(
+    sandboxes: Sandboxes, hub_factory: Any, server: str, setting: str, form: str
+) -> None:
+    """Against a server reading the Condition one way (IIS's 260-character segments and
+    2048-byte query strings enforced), a run delivers its documents and a second run, with
+    those orders open in 1C, creates none; the form used is the one the server takes."""
+    box = sandboxes.onec
+    box.condition_form = server
+    assert (box.max_url_segment_chars, box.max_query_string_bytes) == (260, 2048)
+    text = sandboxes.config.read_text(encoding="utf-8")
+    pinned = text.replace('username = "hub"\n', f'username = "hub"\ncondition_form = "{setting}"\n')
+    sandboxes.config.write_text(pinned, encoding="utf-8")
+    hub = await _start(sandboxes, hub_factory)
+    first = await _run(hub)
+    assert first["run"]["status"] == "succeeded"
+    documents = int(first["run"]["counts"].get("documents", "0"))
+    entries = await _wait_delivered(hub)
+    assert documents > 0 and all(e["state"] == "delivered" for e in entries), entries
+    orders = len(box.transfer_orders())
+    assert orders > 0
+    second = await _run(hub)
+    assert second["run"]["status"] == "succeeded"
+    assert second["run"]["counts"].get("documents", "0") in ("0", 0), second["run"]["counts"]
+    assert len(box.transfer_orders()) == orders and len(sandboxes.moysklad.orders()) == 1
+    assert box.requests_by_kind["iis_400"] == 0 and box.requests_by_kind["iis_404"] == 0
+    calls = [unquote(r) for r in box.raw_requests if "/Balance" in r]
+    shapes = {"guide": "eq guid'", "doubled": "eq guid''", "query": "/Balance?Condition="}
+    assert calls and all(shapes[form] in call for call in calls[-3:])
+    logs = await hub.ctl("--json", "logs", "-n", "2000")
+    chosen = [
+        json.loads(event["data_json"])["form"]
+        for event in map(json.loads, logs.out.splitlines())
+        if event["event"] == "onec_condition_form"
+    ]
+    assert chosen == [form], chosen
+    assert await hub.stop() == 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -14,6 +16,7 @@ from daemon.onec.settings import OneCSettings
 from daemon.ports import CheckResult
 from daemon.sandbox.dataset import DemoDataset, build_demo_dataset
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
+from tests.conftest import Sandboxes
 from tests.onec_support import connected
 
 NAMES = ["Магазин Центральный", "Бестужевых", "Контейнер"]
@@ -31,6 +34,7 @@ BUDGETS = (
     "260 characters per path segment (onec.max_path_segment_chars)"
 )
 GUIDE = "guide form (Condition='…guid'…'')"
+QUERY = "query-option form (Balance?Condition=…)"
 DOUBLED = "doubled form (Condition='…guid''…''')"
 
 
@@ -61,7 +65,11 @@ async def test_all_good(dataset: DemoDataset) -> None:
     [
         ("doubled", "auto", f"{DOUBLED}, detected after the server refused the {GUIDE}"),
         ("both", "auto", f"{GUIDE}, detected"),
-        ("guide", "query", "query-option form (Balance?Condition=…), pinned by onec.condition_form"),
+        (
+            "guide",
+            "query",
+            "query-option form (Balance?Condition=…), pinned by onec.condition_form",
+        ),
     ],
 )
 async def test_balance_line_names_the_form_the_server_took(
@@ -215,3 +223,21 @@ async def test_a_read_of_an_unpublished_set_names_the_composition(
     assert caught.value.code == "composition"
     assert named in str(caught.value) and "Состав" in str(caught.value)
     assert box.requests_by_kind["metadata"] == 1 and box.requests_by_kind["error"] >= 1
+
+
+async def test_hubctl_check_shows_the_condition_form_and_budgets(
+    sandboxes: Sandboxes, hub_factory: Any
+) -> None:
+    """hubctl check, human and --json, has the balance line with the form and the budgets."""
+    sandboxes.onec.condition_form = "doubled"
+    hub = await hub_factory(sandboxes.config, sandboxes.socket_path, **sandboxes.env)
+    await hub.wait_socket()
+    human = await hub.ctl("check", timeout=120)
+    assert human.code == 0, human.out + human.err
+    [line] = [text for text in human.out.splitlines() if "balance read" in text]
+    assert f"Condition in the {DOUBLED}, detected after the server refused the {GUIDE}" in line
+    assert BUDGETS in line
+    answer = json.loads((await hub.ctl("--json", "check", timeout=120)).out)
+    [check] = [c for c in answer["checks"] if c["name"] == "balance read"]
+    assert check["ok"] is True and check["system"] == "1c" and BUDGETS in check["detail"]
+    assert await hub.stop() == 0
