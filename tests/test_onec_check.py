@@ -65,11 +65,7 @@ async def test_all_good(dataset: DemoDataset) -> None:
     [
         ("doubled", "auto", f"{DOUBLED}, detected after the server refused the {GUIDE}"),
         ("both", "auto", f"{GUIDE}, detected"),
-        (
-            "guide",
-            "query",
-            "query-option form (Balance?Condition=…), pinned by onec.condition_form",
-        ),
+        ("guide", "query", f"{QUERY}, pinned by onec.condition_form"),
     ],
 )
 async def test_balance_line_names_the_form_the_server_took(
