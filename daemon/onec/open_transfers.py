@@ -11,9 +11,8 @@ fails the read (naming the order or item), since leaving it out would order the 
 again.
 
 The orders go into the balance's ``Condition`` in batches. In a path segment
-(``Balance(Condition='… or …')``) HTTP.sys lets 260 characters through, about two orders;
-with the query-option form (``onec.condition_form = "query"``) the query string's 2048 bytes
-hold two dozen.
+(``Balance(Condition='… or …')``) HTTP.sys lets 260 characters through: two orders; with the
+query-option form (``onec.condition_form = "query"``) the 2048 bytes of the URL hold eight.
 """
 
 from __future__ import annotations
