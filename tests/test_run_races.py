@@ -1,0 +1,249 @@
+"""One run per job under concurrency, callers that give up, and watchers that come late:
+hubd as a subprocess against both emulators, driven over its real gRPC socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sqlite3
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from daemon.store import open_database, schedules
+from protos.hub.v1 import control_pb2 as pb
+from protos.hub.v1 import control_pb2_grpc
+from tests.conftest import Sandboxes, base_sections, hubctl, write_config
+
+FINAL = {"delivered", "dead", "discarded"}
+#: reconnect at once when the socket appears, so queued calls arrive together
+FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.min_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 50),
+]
+
+
+def _sections(sandboxes: Sandboxes, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """The sandboxes' config as sections to edit (the emulators' URLs kept)."""
+    config = tomllib.loads(sandboxes.config.read_text(encoding="utf-8"))
+    return base_sections(tmp_path, config["onec"]["base_url"], config["moysklad"]["base_url"])
+
+
+def _channel(socket_path: Path) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(f"unix:{socket_path}", options=FAST_RECONNECT)
+
+
+def _rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return list(conn.execute(sql, params))
+    finally:
+        conn.close()
+
+
+def _logged(hub: Any, event: str) -> list[dict[str, Any]]:
+    found = []
+    for line in hub.stdout.splitlines():
+        if f'"event": "{event}"' in line:
+            found.append(json.loads(line))
+    return found
+
+
+async def _wait_no_running(db_path: Path, timeout: float = 45) -> None:
+    async with asyncio.timeout(timeout):
+        while _rows(db_path, "SELECT id FROM runs WHERE status = 'running'"):
+            await asyncio.sleep(0.1)
+
+
+async def _wait_delivered(db_path: Path, timeout: float = 45) -> list[sqlite3.Row]:
+    async with asyncio.timeout(timeout):
+        while True:
+            rows = _rows(db_path, "SELECT run_id, kind, state FROM outbox")
+            if rows and all(r["state"] in FINAL for r in rows):
+                return rows
+            await asyncio.sleep(0.2)
+
+
+async def _owe_a_fire_at_start(db_path: Path, cron: str, zone: str) -> None:
+    """Record that the job has followed ``cron`` for 90 s, so a per-minute job owes its latest
+    fire (at most 60 s late: trigger "schedule") the moment the scheduler starts."""
+    db = await open_database(db_path)
+    try:
+        now = time.time()
+        await schedules.set_schedule(db, "replenishment", f"{cron}|{zone}", now - 90, now - 90)
+    finally:
+        await db.close()
+
+
+async def test_a_hundred_triggers_hubctl_and_a_scheduled_fire_start_exactly_one_run(
+    sandboxes: Sandboxes, hub_factory: Any, tmp_path: Path
+) -> None:
+    """100 TriggerRun calls, 3 `hubctl run` and a scheduled fire, all at start-up: one run,
+    every caller gets it, and both systems receive exactly that run's documents once."""
+    sections = _sections(sandboxes, tmp_path)
+    sections["jobs.replenishment"]["cron"] = "* * * * *"
+    sections["control"]["max_concurrent_rpcs"] = 400  # all 103 callers at once, none refused
+    write_config(sandboxes.config, sections)
+    db_path = tmp_path / "state" / "hub.sqlite3"
+    await _owe_a_fire_at_start(db_path, "* * * * *", "Europe/Moscow")
+    sandboxes.onec.latency_s = 0.3  # the run lasts seconds: every trigger meets it running
+
+    channels = [_channel(sandboxes.socket_path) for _ in range(4)]
+    stubs = [control_pb2_grpc.HubControlStub(c) for c in channels]
+    calls = [
+        stubs[i % 4].TriggerRun(
+            pb.TriggerRunRequest(job="replenishment"), timeout=30, wait_for_ready=True
+        )
+        for i in range(100)
+    ]
+    replies = asyncio.gather(*calls)
+    hub = await hub_factory(sandboxes.config, sandboxes.socket_path, **sandboxes.env)
+    async with asyncio.timeout(15):
+        while not sandboxes.socket_path.exists():
+            await asyncio.sleep(0.005)
+    ctl = await asyncio.gather(
+        *(hubctl(sandboxes.socket_path, "--json", "run", "replenishment") for _ in range(3))
+    )
+    answered = await replies
+    for channel in channels:
+        await channel.close()
+
+    await _wait_no_running(db_path)
+    runs = _rows(db_path, "SELECT id, trigger, status FROM runs")
+    assert len(runs) == 1, [dict(r) for r in runs]
+    run_id = runs[0]["id"]
+    assert {r.run.id for r in answered} == {run_id}
+    for result in ctl:
+        assert result.code == 0, result.err
+        assert json.loads(result.out)["run"]["id"] == run_id
+    started_by_a_trigger = [r for r in answered if not r.already_running]
+    fires = _rows(
+        db_path, "SELECT outcome, run_id, detail FROM schedule_fires WHERE outcome != 'missed'"
+    )
+    assert len(fires) == 1, [dict(f) for f in fires]
+    if runs[0]["trigger"] == "schedule":
+        assert not started_by_a_trigger and fires[0]["run_id"] == run_id
+    else:
+        assert (
+            len(started_by_a_trigger) + sum(not json.loads(r.out)["already_running"] for r in ctl)
+            == 1
+        )
+        assert fires[0]["outcome"] == "skipped" and run_id in fires[0]["detail"]
+    assert runs[0]["status"] == "succeeded", hub.stderr[-2000:]
+
+    rows = await _wait_delivered(db_path)
+    assert {r["run_id"] for r in rows} == {run_id}
+    transfers = sum(r["kind"] == "onec_transfer_order" for r in rows)
+    orders = sum(r["kind"] == "moysklad_customer_order" for r in rows)
+    assert transfers >= 1 and orders == 1
+    assert len(sandboxes.onec.transfer_orders()) == transfers
+    assert len(sandboxes.moysklad.orders()) == orders
+    assert len(_logged(hub, "run_started")) == 1
+    assert await hub.stop() == 0
+
+
+async def test_triggers_whose_callers_give_up_within_ms_leave_no_orphan_run(
+    sandboxes: Sandboxes, hub_factory: Any
+) -> None:
+    """60 TriggerRun calls with 0.5–6 ms deadlines: every run they started ends, is logged
+    started and finished, and none stays ``running`` after the daemon has settled."""
+    hub = await hub_factory(sandboxes.config, sandboxes.socket_path, **sandboxes.env)
+    await hub.wait_socket()
+    db_path = Path(str(sandboxes.config.parent / "state" / "hub.sqlite3"))
+    rng = random.Random(19)
+    expired = 0
+    async with _channel(sandboxes.socket_path) as channel:
+        api = control_pb2_grpc.HubControlStub(channel)
+        await api.GetStatus(pb.GetStatusRequest(), timeout=10)  # connected before the clock
+        for wave in range(6):
+            results = await asyncio.gather(
+                *(
+                    api.TriggerRun(
+                        pb.TriggerRunRequest(job="replenishment", dry_run=True),
+                        timeout=rng.uniform(0.0005, 0.006),
+                    )
+                    for _ in range(10)
+                ),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, grpc.aio.AioRpcError):
+                    assert result.code() == grpc.StatusCode.DEADLINE_EXCEEDED, result
+                    expired += 1
+            await asyncio.sleep(0.05 * wave)
+    assert expired > 0, "the deadlines were meant to expire"
+    await _wait_no_running(db_path, timeout=30)
+    runs = _rows(db_path, "SELECT id, status, finished_at FROM runs")
+    assert runs, "some trigger must have started a run"
+    assert all(r["status"] in ("succeeded", "failed") and r["finished_at"] for r in runs)
+    await asyncio.sleep(0.3)  # the last log lines reach stdout
+    started = {e["run_id"] for e in _logged(hub, "run_started")}
+    finished = {e["run_id"] for e in _logged(hub, "run_finished")}
+    assert started == finished == {r["id"] for r in runs}
+    assert await hub.stop() == 0
+
+
+async def _watch(api: Any, run_id: str) -> list[str]:
+    kinds = []
+    async for event in api.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=60):
+        kinds.append(event.kind)
+    return kinds
+
+
+async def test_every_watcher_gets_finished_however_late_it_subscribes(
+    sandboxes: Sandboxes, hub_factory: Any, tmp_path: Path
+) -> None:
+    """200 concurrent WatchRun streams on one run, and 30 more each opened right after its own
+    trigger, all end with the run's "finished" event among what they received."""
+    sections = _sections(sandboxes, tmp_path)
+    sections["control"]["max_concurrent_rpcs"] = 400  # 200 streams at once, none refused
+    write_config(sandboxes.config, sections)
+    hub = await hub_factory(sandboxes.config, sandboxes.socket_path, **sandboxes.env)
+    await hub.wait_socket()
+    async with _channel(sandboxes.socket_path) as channel:
+        api = control_pb2_grpc.HubControlStub(channel)
+        reply = await api.TriggerRun(pb.TriggerRunRequest(job="replenishment", dry_run=True))
+        crowd = await asyncio.gather(*(_watch(api, reply.run.id) for _ in range(200)))
+        assert all("finished" in kinds for kinds in crowd), [
+            k for k in crowd if "finished" not in k
+        ][:3]
+        for _ in range(30):
+            one = await api.TriggerRun(pb.TriggerRunRequest(job="replenishment", dry_run=True))
+            kinds = await _watch(api, one.run.id)
+            assert "finished" in kinds, kinds
+    assert await hub.stop() == 0
+
+
+async def test_sigterm_mid_run_ends_within_the_budget_and_fails_the_run(
+    sandboxes: Sandboxes, hub_factory: Any, tmp_path: Path
+) -> None:
+    """1C answering after 5 s and a 3 s shutdown budget: SIGTERM mid-run exits 0 within the
+    budget, the run is ``failed`` "stopped by shutdown", and it stored no plan or outbox row."""
+    sections = _sections(sandboxes, tmp_path)
+    sections["hub"]["shutdown_timeout_s"] = 3
+    write_config(sandboxes.config, sections)
+    hub = await hub_factory(sandboxes.config, sandboxes.socket_path, **sandboxes.env)
+    await hub.wait_socket()
+    sandboxes.onec.latency_s = 5.0
+    result = await hub.ctl("--json", "run", "replenishment")
+    assert result.code == 0, result.err
+    run_id = json.loads(result.out)["run"]["id"]
+    await asyncio.sleep(1.0)  # the run waits on 1C
+    began = time.monotonic()
+    code = await hub.stop(timeout=20)
+    took = time.monotonic() - began
+    assert code == 0, hub.stderr[-2000:]
+    assert took < 3 + 1.5, took
+    db_path = tmp_path / "state" / "hub.sqlite3"
+    (run,) = _rows(db_path, "SELECT status, reason, finished_at FROM runs WHERE id = ?", (run_id,))
+    assert (run["status"], run["reason"]) == ("failed", "stopped by shutdown")
+    assert not _rows(db_path, "SELECT 1 FROM plan_items WHERE run_id = ?", (run_id,))
+    assert not _rows(db_path, "SELECT 1 FROM outbox WHERE run_id = ?", (run_id,))
+    assert not _logged(hub, "hub_shutdown_timed_out")
+    assert _logged(hub, "run_stopped")
