@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 import structlog
+from pydantic import SecretStr
 
 from daemon.errors import OutcomeUnknownError, PermanentError
 from daemon.model import (
@@ -16,8 +17,10 @@ from daemon.model import (
     deterministic_uuid,
 )
 from daemon.onec.connector import OneCConnector
+from daemon.onec.settings import OneCSettings
 from daemon.sandbox.dataset import DemoDataset, StockRecord, build_demo_dataset
-from daemon.sandbox.onec_emulator import OneCSandbox
+from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
+from tests.hostile import Replace, hostile
 from tests.onec_support import connected
 
 TARGET, FIRST, SECOND = "Магазин Центральный", "Бестужевых", "Контейнер"
@@ -305,3 +308,60 @@ async def test_password_never_leaks(dataset: DemoDataset) -> None:
     assert len(errors) == 3 and errors[-1].status == 401  # type: ignore[attr-defined]
     texts += [repr(event) for event in events]
     assert events and not [text for text in texts if secret in text]
+
+
+def _too_many(dataset: DemoDataset) -> TransferOrderDocument:
+    """``order`` asking for more of its first item than its sender holds (100 and a few)."""
+    doc = order(dataset)
+    first, second = doc.lines
+    return doc.model_copy(
+        update={"lines": (first.model_copy(update={"quantity": Decimal(130),
+                                                    "packages": Decimal(130)}), second)}
+    )  # fmt: skip
+
+
+async def test_refused_posting_withdraws_the_draft_with_1cs_text(dataset: DemoDataset) -> None:
+    """1C refuses to post for the sender's free stock: the delivery fails for good with 1C's
+    message naming the item, the draft is marked for deletion (unposted, nothing registered),
+    and any retry stops at that mark without creating a second order."""
+    box = OneCSandbox(dataset)
+    doc = _too_many(dataset)
+    name = next(i.name for i in dataset.items if i.key == doc.lines[0].item_key)
+    async with connected(box) as onec:
+        with pytest.raises(PermanentError) as refused:
+            await onec.deliver_transfer_order(doc, look_up_first=False)
+        text = refused.value.describe()
+        assert f'товара "{name}" на складе "{FIRST}"' in text
+        sender, item = dataset.warehouse_key(FIRST), doc.lines[0].item_key
+        free = sum(
+            r.in_stock - r.to_ship
+            for r in dataset.stock
+            if (r.warehouse_key, r.item_key) == (sender, item)
+        )
+        assert f"недостаточно свободного остатка в количестве {130 - free} шт" in text
+        assert "marked for deletion" in text and refused.value.status == 500
+        [stored] = box.transfer_orders()
+        assert (stored["Posted"], stored["DeletionMark"]) == (False, True)
+        assert await _incoming(onec, dataset.warehouse_key(TARGET)) == {}
+        for look_up_first in (True, False):
+            with pytest.raises(PermanentError) as again:
+                await onec.deliver_transfer_order(doc, look_up_first=look_up_first)
+            assert again.value.code == "deleted"
+    assert len(box.transfer_orders()) == 1
+
+
+async def test_a_lost_answer_to_the_deletion_mark_keeps_1cs_text(dataset: DemoDataset) -> None:
+    """The mark went through but its answer was lost: a re-read confirms it, and the failure is
+    still the permanent one with 1C's refusal text (not an unknown outcome)."""
+    box = OneCSandbox(dataset)
+    doc = _too_many(dataset)
+    async with run_onec_sandbox(box) as upstream, hostile(upstream) as (proxy, url):
+        proxy.arm(Replace(status=502, body=b""), r"^PATCH ")
+        settings = OneCSettings(base_url=url, username="hub", retry_base_s=0.01)
+        async with OneCConnector(settings, SecretStr("sandbox")) as onec:
+            with pytest.raises(PermanentError) as refused:
+                await onec.deliver_transfer_order(doc, look_up_first=False)
+    assert "недостаточно свободного остатка" in refused.value.describe()
+    assert not isinstance(refused.value, OutcomeUnknownError)
+    [stored] = box.transfer_orders()
+    assert (stored["Posted"], stored["DeletionMark"]) == (False, True)

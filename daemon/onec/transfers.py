@@ -306,13 +306,11 @@ async def _post_and_verify(
     )
 
 
-async def _believe_refusal(
-    transport: ODataTransport, found: OrderState, refusal: PermanentError
-) -> None:
-    """A posting refusal is believed only when the order is indeed unposted: then the draft is
-    withdrawn (``_withdraw``, never returns). If a re-read shows it posted, the answer was not
-    1C's refusal (a proxy's, a garbled one) and the delivery goes on to verify the order."""
-    what = f"re-reading {found.label} after a refused posting"
+async def _current(
+    transport: ODataTransport, found: OrderState, refusal: PermanentError, why: str
+) -> OrderState:
+    """The order's state now; any failure to tell is ``OutcomeUnknownError``."""
+    what = f"re-reading {found.label} {why}"
     try:
         answer = await transport.get_json(_entity_url(transport, found.ref_key), what=what)
     except ConnectorError as exc:
@@ -321,6 +319,16 @@ async def _believe_refusal(
     if isinstance(state, str) or state.ref_key.lower() != found.ref_key.lower():
         reason = state if isinstance(state, str) else f"it describes order {state.ref_key}"
         raise _unknown(f"1C refused to post {found.label} ({refusal})", malformed(what, reason))
+    return state
+
+
+async def _believe_refusal(
+    transport: ODataTransport, found: OrderState, refusal: PermanentError
+) -> None:
+    """A posting refusal is believed only when the order is indeed unposted: then the draft is
+    withdrawn (``_withdraw``, never returns). If a re-read shows it posted, the answer was not
+    1C's refusal (a proxy's, a garbled one) and the delivery goes on to verify the order."""
+    state = await _current(transport, found, refusal, "after a refused posting")
     if state.posted and not state.deleted:
         log.warning(
             "onec_transfer_refusal_contradicted", ref_key=found.ref_key, answer=str(refusal)
@@ -345,32 +353,37 @@ async def _withdraw(
     next run re-plans anyway. A retry of the dead entry finds the order marked for deletion
     and stops (``_post_and_verify``).
 
-    If the mark cannot be set for a transient reason the attempt is ``OutcomeUnknownError``:
-    the retry looks the draft up, posts it again and withdraws it again if 1C still refuses.
+    A mark whose answer is lost is checked by a re-read, so 1C's text is kept when the mark got
+    through; if it cannot be told, the attempt is ``OutcomeUnknownError``: the retry looks the
+    draft up, posts it again, and withdraws it again if 1C still refuses.
     """
     label = found.label
     reason = refusal.remote_message or str(refusal)
-    try:
-        await transport.send(
-            "PATCH",
-            _entity_url(transport, found.ref_key),
-            {"DeletionMark": True},
-            what=f"marking {label} for deletion",
-        )
-    except TransientError as exc:
-        raise _unknown(
-            f"1C refused to post {label} ({reason}), and marking the draft for deletion failed",
-            exc,
-        ) from exc
-    except PermanentError as exc:
-        raise PermanentError(
-            f"1C refused to post {label}: {reason}; the unposted draft could not be marked for "
-            f"deletion ({exc.describe()}): mark it in 1C by hand",
-            system=SYSTEM,
-            status=refusal.status,
-            code=refusal.code,
-            remote_message=refusal.remote_message,
-        ) from refusal
+    if not found.deleted:
+        try:
+            await transport.send(
+                "PATCH",
+                _entity_url(transport, found.ref_key),
+                {"DeletionMark": True},
+                what=f"marking {label} for deletion",
+            )
+        except TransientError as exc:
+            now = await _current(transport, found, refusal, "after marking it for deletion")
+            if not now.deleted:
+                raise _unknown(
+                    f"1C refused to post {label} ({reason}), and marking the draft for "
+                    "deletion failed",
+                    exc,
+                ) from exc
+        except PermanentError as exc:
+            raise PermanentError(
+                f"1C refused to post {label}: {reason}; the unposted draft could not be marked "
+                f"for deletion ({exc.describe()}): mark it in 1C by hand",
+                system=SYSTEM,
+                status=refusal.status,
+                code=refusal.code,
+                remote_message=refusal.remote_message,
+            ) from refusal
     log.warning("onec_transfer_refused", ref_key=found.ref_key, reason=reason)
     raise PermanentError(
         f"1C refused to post {label}: {reason}; the draft is marked for deletion and counts "
