@@ -112,7 +112,7 @@ async def test_a_hundred_triggers_hubctl_and_a_scheduled_fire_start_exactly_one_
     )
     answered = await replies
     for channel in channels:
-        await channel.close()
+        await channel.close(None)
 
     await _wait_no_running(db_path)
     runs = _rows(db_path, "SELECT id, trigger, status FROM runs")
