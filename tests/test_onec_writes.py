@@ -357,7 +357,9 @@ async def test_a_lost_answer_to_the_deletion_mark_keeps_1cs_text(dataset: DemoDa
     doc = _too_many(dataset)
     async with run_onec_sandbox(box) as upstream, hostile(upstream) as (proxy, url):
         proxy.arm(Replace(status=502, body=b""), r"^PATCH ")
-        settings = OneCSettings(base_url=url, username="hub", retry_base_s=0.01)
+        settings = OneCSettings.model_validate(
+            {"base_url": url, "username": "hub", "retry_base_s": 0.01}
+        )
         async with OneCConnector(settings, SecretStr("sandbox")) as onec:
             with pytest.raises(PermanentError) as refused:
                 await onec.deliver_transfer_order(doc, look_up_first=False)
