@@ -23,6 +23,7 @@ def status(channel: grpc.Channel, args: argparse.Namespace, out: Output) -> int:
     out.line(f"  config:   {reply.config_path}")
     out.line(f"  database: {reply.database_path}")
     out.line(f"  socket:   {reply.socket_path}")
+    out.line(f"  storage:  {_storage(reply.storage, out)}")
     out.line()
     depth = dict(reply.outbox_depth)
     out.line("Outbox:")
@@ -50,6 +51,32 @@ def status(channel: grpc.Channel, args: argparse.Namespace, out: Output) -> int:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(details.items()) if v)
         out.line(f"  {shown}")
     return EXIT_OK
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _storage(storage: pb.Storage, out: Output) -> str:
+    """One line: the database's size and room, or the disk-full problem in red."""
+    sizes = f"database {_size(storage.database_bytes)}"
+    if storage.limit_bytes:
+        sizes += f" of {_size(storage.limit_bytes)} allowed"
+    if storage.free_bytes >= 0:
+        sizes += f", {_size(storage.free_bytes)} free on its disk"
+    if not storage.full:
+        return sizes
+    since = local_time(storage.full_since_ms)
+    problem = storage.problem or "disk full"
+    return (
+        f"{out.paint(problem, 'red')} (since {since}, {storage.refused_writes} writes refused; "
+        f"{sizes})"
+    )
 
 
 def health(channel: grpc.Channel, args: argparse.Namespace, out: Output) -> int:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from daemon import __version__
 from daemon.config import EX_CONFIG, load_config
-from daemon.errors import ConfigError, HubError, StateLockedError
+from daemon.errors import ConfigError, DiskFullError, HubError, StateLockedError, StateUnusableError
+
+# Exit statuses of ``hubd run`` besides 0 (stopped) and 1 (crashed; systemd restarts it):
+# EX_CONFIG (78) for anything an operator must fix first (config, a damaged or newer database,
+# a state directory hubd cannot write), which systemd does not restart (RestartPreventExitStatus);
+# EX_TEMPFAIL (75) when a full disk stops a migration: systemd tries again after RestartSec.
+EX_TEMPFAIL = 75
 
 
 def default_config_path() -> Path:
@@ -62,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         # 78 as for a bad config: restarting cannot help until an operator acts
         print(f"hubd: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except StateUnusableError as exc:
+        print(f"hubd: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except DiskFullError as exc:
+        print(f"hubd: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     except HubError as exc:
         print(f"hubd: {exc}", file=sys.stderr)
         return 1

@@ -47,6 +47,11 @@ class HubSection(_Section):
         description="Database directory; empty = $STATE_DIRECTORY (systemd) or ./state",
     )
     shutdown_timeout_s: float = Field(default=20.0, gt=0, le=300)
+    max_database_mb: float = Field(
+        default=0.0,
+        ge=0,
+        description="Cap on the database file in MiB (0 = none); at the cap, as on a full disk",
+    )
 
 
 class ControlSection(_Section):
@@ -65,6 +70,22 @@ class ControlSection(_Section):
     def _no_world_access(cls, value: str) -> str:
         if int(value, 8) & 0o007:
             raise ValueError("a mode without any access for others, such as '0660'")
+        return value
+
+    @field_validator("tls_cert_file", "tls_key_file")
+    @classmethod
+    def _readable_pem(cls, value: str) -> str:
+        # Checked here, so check-config catches it and hubd run refuses with one line (78)
+        # instead of failing when the listener starts.
+        if not value:
+            return value
+        try:
+            with open(value, "rb") as pem:
+                head = pem.read(64 * 1024)
+        except OSError as exc:
+            raise ValueError(f"a readable PEM file, got {value!r} ({exc.strerror})") from None
+        if b"-----BEGIN " not in head:
+            raise ValueError(f"a PEM file (-----BEGIN ...), got {value!r}")
         return value
 
     @field_validator("tcp_listen")

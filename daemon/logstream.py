@@ -20,11 +20,15 @@ from typing import Any
 
 import structlog
 
+from daemon.errors import DiskFullError
 from daemon.store import Database
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 _log = structlog.get_logger(__name__)
+
+# How often the history writer tries a full disk again.
+_FULL_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +90,18 @@ class Follower:
 class LogHub:
     """Fans log events out to followers and batches them into ``integration_logs``."""
 
-    def __init__(self, *, follower_capacity: int = 10_000, history_batch: int = 500) -> None:
+    def __init__(
+        self,
+        *,
+        follower_capacity: int = 10_000,
+        history_batch: int = 500,
+        max_unwritten: int = 50_000,
+    ) -> None:
         self._followers: set[Follower] = set()
         self._pending: list[LogRecord] = []
         self._history_batch = history_batch
+        self._max_unwritten = max_unwritten
+        self.history_dropped = 0  # events given up while the disk was full, not yet reported
         self._follower_capacity = follower_capacity
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -188,6 +200,7 @@ class LogHub:
         return history, follower
 
     async def flush(self, db: Database) -> int:
+        """Write the pending events; on a ``DiskFullError`` they stay pending (bounded)."""
         async with self._flush_lock:
             if not self._pending:
                 return 0
@@ -196,32 +209,66 @@ class LogHub:
                 (r.ts, r.level, r.event, r.logger, r.run_id or None, r.job or None, r.data_json())
                 for r in batch
             ]
-            async with db.transaction() as conn:
-                await conn.executemany(
-                    "INSERT INTO integration_logs"
-                    " (ts, level, event, logger, run_id, job, data_json)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+            try:
+                async with db.transaction() as conn:
+                    await conn.executemany(
+                        "INSERT INTO integration_logs"
+                        " (ts, level, event, logger, run_id, job, data_json)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+            except DiskFullError:
+                self._keep_unwritten(batch)
+                raise
+            if self.history_dropped:
+                dropped, self.history_dropped = self.history_dropped, 0
+                _log.warning("log_history_dropped", events=dropped, reason="disk full")
             return len(rows)
+
+    def _keep_unwritten(self, batch: list[LogRecord]) -> None:
+        """Put a batch the disk refused back in front; past ``max_unwritten`` the oldest go
+        (they were printed to stdout/journald all the same; the count is logged later)."""
+        self._pending = batch + self._pending
+        excess = len(self._pending) - self._max_unwritten
+        if excess > 0:
+            del self._pending[:excess]
+            self.history_dropped += excess
 
     async def run_history_writer(
         self, db: Database, *, interval_s: float = 0.5, retention_days: int = 30
     ) -> None:
-        """Long-lived task: write batches to ``integration_logs`` and prune old rows hourly."""
+        """Long-lived task: write batches to ``integration_logs`` and prune old rows hourly.
+
+        A full disk does not end it: the events wait in memory (up to ``max_unwritten``) and
+        the writer tries again every few seconds until the disk takes them.
+        """
         last_prune = 0.0
+        wait_s = interval_s
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._flush_needed.wait(), timeout=interval_s)
+                if wait_s > interval_s:
+                    await asyncio.sleep(wait_s)  # a full batch must not hurry a full disk
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._flush_needed.wait(), timeout=wait_s)
                 self._flush_needed.clear()
-                await self.flush(db)
-                if time.monotonic() - last_prune > 3600:
-                    last_prune = time.monotonic()
-                    await prune_history(db, retention_days)
+                try:
+                    await self.flush(db)
+                    if time.monotonic() - last_prune > 3600:
+                        last_prune = time.monotonic()
+                        await prune_history(db, retention_days)
+                except DiskFullError:
+                    # said once by the store (storage_full); a retry a second later keeps the
+                    # full state fresh for hubctl status without busy-looping on the disk
+                    wait_s = max(interval_s, _FULL_RETRY_S)
+                else:
+                    wait_s = interval_s
         finally:
             # final flush on shutdown, shielded so cancellation does not lose the tail
-            await asyncio.shield(self.flush(db))
+            try:
+                await asyncio.shield(self.flush(db))
+            except DiskFullError:
+                _log.error("log_history_not_written", events=len(self._pending))
 
 
 async def prune_history(db: Database, retention_days: int) -> int:

@@ -30,7 +30,13 @@ from pydantic import ValidationError
 
 from daemon.backoff import full_jitter_delay
 from daemon.config import OutboxSection
-from daemon.errors import ConnectorError, OutcomeUnknownError, PermanentError, TransientError
+from daemon.errors import (
+    ConnectorError,
+    DiskFullError,
+    OutcomeUnknownError,
+    PermanentError,
+    TransientError,
+)
 from daemon.model import (
     CustomerOrderDocument,
     DeliveredDocument,
@@ -50,6 +56,7 @@ from daemon.store.outbox_leases import (
     claim_due,
     extend_leases,
     next_due_at,
+    reclaim_own,
 )
 
 logger = structlog.get_logger(__name__)
@@ -184,12 +191,29 @@ class OutboxProcessor:
         become due at once, or are reclaimed after their lease) and propagates.
         """
         logger.info("outbox_processor_started", worker_id=self._worker_id)
+        full_passes = 0  # drains in a row broken off by a full disk
         try:
             while True:
                 self._wake.clear()
                 self._idle.clear()
-                processed = await self.drain_once()
-                delay = await self._idle_delay(processed)
+                try:
+                    if full_passes:
+                        await self._reclaim_own()
+                    processed = await self.drain_once()
+                    delay = await self._idle_delay(processed)
+                    if full_passes:
+                        logger.info("outbox_resumed", worker_id=self._worker_id)
+                    full_passes = 0
+                except* DiskFullError as group:
+                    # The disk, not the delivery, failed: the daemon stays up and tries again.
+                    # A document created but not recorded is found by its lookup next time.
+                    if not full_passes:
+                        first: BaseException = group
+                        while isinstance(first, BaseExceptionGroup):
+                            first = first.exceptions[0]
+                        logger.error("outbox_paused_disk_full", error=str(first))
+                    full_passes += 1
+                    delay = min(self._settings.interval_s, 2.0 ** min(full_passes, 5))
                 self._idle.set()
                 try:
                     async with asyncio.timeout(delay):
@@ -199,6 +223,13 @@ class OutboxProcessor:
         finally:
             self._idle.clear()
             logger.info("outbox_processor_stopped", worker_id=self._worker_id)
+
+    async def _reclaim_own(self) -> None:
+        reclaimed = await reclaim_own(
+            self._db, self._worker_id, sorted(self._running), self._clock()
+        )
+        if reclaimed:
+            logger.warning("outbox_reclaimed_after_disk_full", outbox_ids=reclaimed)
 
     async def _idle_delay(self, processed: int) -> float:
         delay = self._settings.interval_s

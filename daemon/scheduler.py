@@ -40,7 +40,7 @@ import structlog
 
 from daemon.clock import Clock, SystemClock
 from daemon.config import JobSection
-from daemon.errors import ConfigError, NotFoundError
+from daemon.errors import ConfigError, DiskFullError, NotFoundError
 from daemon.fire_runs import PAUSED_DETAIL, FireRunner
 from daemon.firetimes import FireSchedule, to_unix
 from daemon.store import schedules
@@ -54,6 +54,7 @@ ON_TIME_GRACE_S = 60.0
 _BATCH = 500  # due fires recorded per transaction; a long outage of a per-minute job is many
 _MAX_BATCHES_PER_STEP = 20
 _JUMP_LOG_S = 5.0
+_DISK_FULL_RETRY_S = 5.0  # how soon a pass refused by a full disk is tried again
 _MISSED = (
     "hubd was down, the machine slept or the clock jumped past it; only the latest fire "
     "within catch_up_window_s is caught up"
@@ -286,12 +287,25 @@ class Scheduler:
         async with asyncio.TaskGroup() as group:
             self._runner.attach(group)
             try:
-                await self._runner.recover()
+                recovered = False
                 _log.info("scheduler_started", jobs=sorted(self._jobs))
                 wall, mono = self._clock.now(), self._clock.monotonic()
+                disk_full = False
                 while True:  # a daemon loop: each pass is bounded, cancellation ends it
                     self._wake.clear()
-                    delay = await self._step()
+                    try:
+                        if not recovered:
+                            await self._runner.recover()
+                            recovered = True
+                        delay = await self._step()
+                        disk_full = False
+                    except DiskFullError as exc:
+                        # Nothing due was recorded, so the next pass fires it (late, within
+                        # catch_up_window_s) once the disk takes writes again.
+                        if not disk_full:
+                            _log.error("scheduler_paused_disk_full", error=str(exc))
+                        disk_full = True
+                        delay = _DISK_FULL_RETRY_S
                     await self._clock.sleep(delay, self._wake)
                     wall, mono = self._note_jump(wall, mono)
             finally:

@@ -20,7 +20,7 @@ import structlog
 
 from daemon import __version__
 from daemon.config import HubConfig
-from daemon.errors import NotFoundError
+from daemon.errors import DiskFullError, NotFoundError
 from daemon.logstream import Follower, LogRecord
 from daemon.model import CustomerOrderDocument, TransferOrderDocument
 from daemon.moysklad.connector import MoySkladConnector
@@ -34,6 +34,7 @@ from daemon.store import Database
 from daemon.store import outbox as outbox_store
 from daemon.store import runs as run_store
 from daemon.store.runs import RunRecord
+from daemon.store.space import StorageStatus
 
 if TYPE_CHECKING:
     from daemon.app import Hub
@@ -54,6 +55,7 @@ class StatusInfo:
     outbox_depth: dict[str, int]
     last_runs: list[RunRecord]
     connectors: dict[str, dict[str, str]]
+    storage: StorageStatus
 
 
 class HubServices:
@@ -88,7 +90,11 @@ class HubServices:
             MoySkladConnector(config.moysklad, secrets.moysklad_token, secrets.moysklad_password)
         )
         # safe only because this process holds the state lock: no live hubd owns these runs
-        interrupted = await run_store.fail_interrupted_runs(db, time.time())
+        try:
+            interrupted = await run_store.fail_interrupted_runs(db, time.time())
+        except DiskFullError as exc:  # a full disk must not keep hubd from serving
+            _log.error("runs_interrupted_not_recorded", error=str(exc))
+            interrupted = []
         if interrupted:
             _log.warning("runs_interrupted_by_restart", runs=list(interrupted))
         return cls(hub, db, onec, moysklad)
@@ -129,6 +135,7 @@ class HubServices:
             key
             for key in changed
             if key.split(".")[0] in ("onec", "moysklad", "control", "hub", "outbox")
+            and key != "hub.max_database_mb"  # applied by Hub.reload
         ]
         if needs_restart:
             _log.warning("config_change_needs_restart", keys=needs_restart)
@@ -153,6 +160,7 @@ class HubServices:
             },
             last_runs=await run_store.last_run_per_job(self.db),
             connectors={"moysklad": self.moysklad.health()},
+            storage=self.db.health.status(),
         )
 
     async def logs(

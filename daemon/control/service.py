@@ -66,6 +66,15 @@ class HubControlService(control_pb2_grpc.HubControlServicer):
                 pb.ConnectorHealth(system=system, details=details)
                 for system, details in sorted(info.connectors.items())
             ],
+            storage=pb.Storage(
+                full=info.storage.full,
+                problem=info.storage.problem,
+                full_since_ms=ms(info.storage.since) if info.storage.since else 0,
+                refused_writes=info.storage.refused_writes,
+                database_bytes=info.storage.database_bytes,
+                free_bytes=info.storage.free_bytes,
+                limit_bytes=info.storage.limit_bytes,
+            ),
         )
 
     @streaming

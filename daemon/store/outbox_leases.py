@@ -209,6 +209,26 @@ async def release_claim(db: Database, entry: ClaimedEntry, owner: str, now: floa
         return cursor.rowcount == 1
 
 
+async def reclaim_own(db: Database, owner: str, keep: Sequence[int], now: float) -> list[int]:
+    """Rows ``owner`` still leases but no longer works on: due now, to be looked up first.
+
+    For a processor whose drain broke off mid-way (its outcome writes refused by a full disk):
+    a delivery it made may not be recorded, so the row is ``outcome_unknown`` and its next
+    attempt asks the remote before creating anything. ``keep``: rows still being delivered.
+    """
+    async with db.transaction() as conn:
+        rows = await conn.execute_fetchall(
+            "UPDATE outbox SET state = 'outcome_unknown', outcome_unknown = 1, "
+            "next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?, "
+            "last_error = 'the outcome of an attempt could not be recorded (disk full); "
+            "looked up before any resend' "
+            "WHERE state = 'in_flight' AND lease_owner = ? "
+            "AND id NOT IN (SELECT value FROM json_each(?)) RETURNING id",
+            (now, now, owner, json.dumps(list(keep))),
+        )
+    return sorted(int(row[0]) for row in rows)
+
+
 async def _apply(
     conn: aiosqlite.Connection, entry: ClaimedEntry, outcome: Outcome, owner: str, now: float
 ) -> bool:

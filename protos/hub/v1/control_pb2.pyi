@@ -72,6 +72,7 @@ class Status(_message.Message):
     LAST_RUNS_FIELD_NUMBER: _builtins.int
     CONNECTORS_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
+    STORAGE_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     started_at_ms: _builtins.int
     uptime_s: _builtins.float
@@ -90,6 +91,10 @@ class Status(_message.Message):
 
     @_builtins.property
     def connectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectorHealth]: ...
+    @_builtins.property
+    def storage(self) -> Global___Storage:
+        """the database's disk: full or not, sizes"""
+
     def __init__(
         self,
         *,
@@ -104,14 +109,59 @@ class Status(_message.Message):
         last_runs: _abc.Iterable[Global___Run] | None = ...,
         connectors: _abc.Iterable[Global___ConnectorHealth] | None = ...,
         pid: _builtins.int = ...,
+        storage: Global___Storage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["storage", b"storage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_path", b"config_path", "connectors", b"connectors", "database_path", b"database_path", "draining", b"draining", "last_runs", b"last_runs", "outbox_depth", b"outbox_depth", "pid", b"pid", "socket_path", b"socket_path", "started_at_ms", b"started_at_ms", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_path", b"config_path", "connectors", b"connectors", "database_path", b"database_path", "draining", b"draining", "last_runs", b"last_runs", "outbox_depth", b"outbox_depth", "pid", b"pid", "socket_path", b"socket_path", "started_at_ms", b"started_at_ms", "storage", b"storage", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Status: _TypeAlias = Status  # noqa: Y015
+
+@_typing.final
+class Storage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FULL_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    FULL_SINCE_MS_FIELD_NUMBER: _builtins.int
+    REFUSED_WRITES_FIELD_NUMBER: _builtins.int
+    DATABASE_BYTES_FIELD_NUMBER: _builtins.int
+    FREE_BYTES_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    full: _builtins.bool
+    """writes are being refused for want of space"""
+    problem: _builtins.str
+    """when full: one line starting "disk full:" with the way out"""
+    full_since_ms: _builtins.int
+    """when the current full spell began (0 = not full)"""
+    refused_writes: _builtins.int
+    """writes refused in the current spell"""
+    database_bytes: _builtins.int
+    """the database file plus its WAL"""
+    free_bytes: _builtins.int
+    """free on the database's filesystem (-1 = unknown)"""
+    limit_bytes: _builtins.int
+    """hub.max_database_mb in bytes (0 = no cap)"""
+    def __init__(
+        self,
+        *,
+        full: _builtins.bool = ...,
+        problem: _builtins.str = ...,
+        full_since_ms: _builtins.int = ...,
+        refused_writes: _builtins.int = ...,
+        database_bytes: _builtins.int = ...,
+        free_bytes: _builtins.int = ...,
+        limit_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["database_bytes", b"database_bytes", "free_bytes", b"free_bytes", "full", b"full", "full_since_ms", b"full_since_ms", "limit_bytes", b"limit_bytes", "problem", b"problem", "refused_writes", b"refused_writes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Storage: _TypeAlias = Storage  # noqa: Y015
 
 @_typing.final
 class ConnectorHealth(_message.Message):
