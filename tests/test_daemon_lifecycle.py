@@ -6,12 +6,17 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import stat
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from protos.hub.v1 import control_pb2 as pb
+from protos.hub.v1 import control_pb2_grpc
 from tests.conftest import NotifySocket, base_sections, hubctl, write_config
 
 
@@ -157,3 +162,46 @@ async def test_stale_socket_from_a_crash_is_replaced(
     again = await _start(tmp_path, hub_factory, notify_socket)
     assert (await again.ctl("health")).code == 0
     assert await again.stop() == 0
+
+
+async def test_watchdog_is_withheld_while_the_database_is_stuck(
+    tmp_path: Path, hub_factory: Any, notify_socket: NotifySocket
+) -> None:
+    """A write held up by another process's lock stalls the database connection: no
+    WATCHDOG=1 while it lasts (so systemd would restart hubd), pings again once it is free."""
+    hub = await _start(tmp_path, hub_factory, notify_socket, WATCHDOG_USEC="400000")
+    loop = asyncio.get_running_loop()
+    pings: list[float] = []
+
+    async def receive() -> None:
+        while True:
+            data = await loop.sock_recv(notify_socket.sock, 4096)
+            if b"WATCHDOG=1" in data:
+                pings.append(time.monotonic())
+
+    receiver = asyncio.create_task(receive())
+    blocker = sqlite3.connect(tmp_path / "state" / "hub.sqlite3", isolation_level=None)
+    try:
+        await asyncio.sleep(0.5)
+        assert pings, "the watchdog pings while the database answers"
+        blocker.execute("BEGIN IMMEDIATE")
+        stuck_at = time.monotonic()
+        async with grpc.aio.insecure_channel(f"unix:{hub.socket_path}") as channel:
+            api = control_pb2_grpc.HubControlStub(channel)
+            trigger = asyncio.ensure_future(
+                api.TriggerRun(pb.TriggerRunRequest(job="replenishment", dry_run=True), timeout=20)
+            )
+            await asyncio.sleep(3.0)
+            blocker.execute("ROLLBACK")
+            freed_at = time.monotonic()
+            await trigger  # the held-up write goes through once the lock is gone
+        await asyncio.sleep(1.0)
+    finally:
+        blocker.close()
+        receiver.cancel()
+    during = [t for t in pings if stuck_at + 0.8 < t < freed_at]
+    assert during == [], f"{len(during)} pings while the database was stuck"
+    assert any(t > freed_at for t in pings), "pings resume once the database answers"
+    assert await hub.stop() == 0
+    events = [json.loads(line)["event"] for line in hub.stdout.splitlines() if line.startswith("{")]
+    assert "watchdog_withheld" in events and "watchdog_resumed" in events
