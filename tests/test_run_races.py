@@ -247,3 +247,35 @@ async def test_sigterm_mid_run_ends_within_the_budget_and_fails_the_run(
     assert not _rows(db_path, "SELECT 1 FROM outbox WHERE run_id = ?", (run_id,))
     assert not _logged(hub, "hub_shutdown_timed_out")
     assert _logged(hub, "run_stopped")
+
+
+async def test_a_running_run_only_the_database_knows_of_is_returned_not_doubled(
+    sandboxes: Sandboxes, hub_factory: Any, tmp_path: Path
+) -> None:
+    """A run row left ``running`` behind the daemon's back (a writer that bypassed the state
+    lock) makes a trigger answer "already running" with that run instead of starting one;
+    once the row is closed, the next trigger starts a run."""
+    hub = await hub_factory(sandboxes.config, sandboxes.socket_path, **sandboxes.env)
+    await hub.wait_socket()
+    db_path = tmp_path / "state" / "hub.sqlite3"
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute(
+            "INSERT INTO runs (id, job, trigger, dry_run, status, started_at)"
+            " VALUES ('elsewhere', 'replenishment', 'manual', 0, 'running', ?)",
+            (time.time(),),
+        )
+        first = await hub.ctl("--json", "run", "replenishment")
+        assert first.code == 0, first.err
+        answer = json.loads(first.out)
+        assert answer["already_running"] is True and answer["run"]["id"] == "elsewhere"
+        assert _logged(hub, "run_already_running_in_database")
+        assert len(_rows(db_path, "SELECT id FROM runs")) == 1
+        conn.execute("UPDATE runs SET status = 'failed' WHERE id = 'elsewhere'")
+    finally:
+        conn.close()
+    second = await hub.ctl("--json", "run", "replenishment")
+    assert second.code == 0, second.err
+    assert json.loads(second.out)["already_running"] is False
+    await _wait_no_running(db_path)
+    assert await hub.stop() == 0
