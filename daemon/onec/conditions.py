@@ -79,9 +79,11 @@ class ConditionForms:
         return self.known or "doubled"
 
     def refused(self, form: ConditionForm, error: PermanentError) -> None:
-        if self.known is None and form not in self._refused:
+        # Expected while "auto" is still finding out; worth a warning once a form is settled.
+        probing = self.setting == "auto" and self.known is None
+        if probing and form not in self._refused:
             self._refused.append(form)
-        log.warning(
+        (log.info if probing else log.warning)(
             "onec_condition_form_refused",
             form=form,
             setting=self.setting,
