@@ -17,6 +17,7 @@ from daemon.model import (
     deterministic_uuid,
 )
 from daemon.onec.connector import OneCConnector
+from daemon.onec.order_answers import differences, stored_order
 from daemon.onec.settings import OneCSettings
 from daemon.sandbox.dataset import DemoDataset, StockRecord, build_demo_dataset
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
@@ -367,3 +368,36 @@ async def test_a_lost_answer_to_the_deletion_mark_keeps_1cs_text(dataset: DemoDa
     assert not isinstance(refused.value, OutcomeUnknownError)
     [stored] = box.transfer_orders()
     assert (stored["Posted"], stored["DeletionMark"]) == (False, True)
+
+
+def test_lines_stored_with_another_supply_option_fail_verification(dataset: DemoDataset) -> None:
+    """A base that stores the lines with «КОбеспечению» would not count them as incoming: the
+    re-read comparison names it; the lines as sent pass."""
+    doc = order(dataset)
+    row = {
+        "Ref_Key": doc.ref_key,
+        "Number": "БМ-00000001",
+        "Posted": True,
+        "DeletionMark": False,
+        "СкладОтправитель_Key": doc.sender_key,
+        "СкладПолучатель_Key": doc.receiver_key,
+    }
+
+    def lines(option: str) -> list[dict[str, object]]:
+        return [
+            {
+                "Номенклатура_Key": line.item_key,
+                "Количество": float(line.quantity),
+                "КоличествоУпаковок": float(line.packages),
+                "ВариантОбеспечения": option,
+            }
+            for line in doc.lines
+        ]
+
+    sent = stored_order(row, lines("Отгрузить"), doc.ref_key)
+    changed = stored_order(row, lines("КОбеспечению"), doc.ref_key)
+    assert not isinstance(sent, str) and not isinstance(changed, str)
+    assert differences(doc, sent) == []
+    assert differences(doc, changed) == [
+        "lines have ВариантОбеспечения 'КОбеспечению' instead of 'Отгрузить'"
+    ]

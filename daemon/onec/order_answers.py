@@ -16,7 +16,8 @@ from decimal import Decimal
 from typing import Any
 
 from daemon.model import TransferOrderDocument
-from daemon.onec.answers import field_shape, flag, quantity, shape, valid_key
+from daemon.onec.answers import field_shape, flag, quantity, shape, text, valid_key
+from daemon.onec.metadata import SUPPLY
 
 # Reference §2.4: the order's Number is String(11), fixed length, numbered automatically. A
 # customised base may use another length, so anything from 1 to 50 characters of text is taken;
@@ -24,6 +25,7 @@ from daemon.onec.answers import field_shape, flag, quantity, shape, valid_key
 NUMBER_MAX_LENGTH = 50
 SENDER, RECEIVER = "СкладОтправитель_Key", "СкладПолучатель_Key"
 ITEM, QUANTITY, PACKAGES = "Номенклатура_Key", "Количество", "КоличествоУпаковок"
+SUPPLY_FIELD = "ВариантОбеспечения"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +44,14 @@ class OrderState:
 
 @dataclass(frozen=True, slots=True)
 class StoredOrder:
-    """What a re-read says 1C stored: the state, the route and the totals per item."""
+    """What a re-read says 1C stored: the state, the route, the totals per item and the supply
+    options of the lines that show one."""
 
     state: OrderState
     sender: str
     receiver: str
     totals: dict[str, tuple[Decimal, Decimal]]  # item key (lower case) → (quantity, packages)
+    supply_options: frozenset[str] = frozenset()
 
 
 def order_state(answer: Any) -> OrderState | str:
@@ -83,6 +87,7 @@ def stored_order(row: Any, lines: Any, ref_key: str) -> StoredOrder | str:
     if not isinstance(lines, list):
         return f"the lines are {shape(lines)}, not a list"
     totals: dict[str, tuple[Decimal, Decimal]] = {}
+    options: set[str] = set()
     for number, line in enumerate(lines, start=1):
         if not isinstance(line, dict):
             return f"line {number} is {shape(line)}, not an object"
@@ -93,9 +98,15 @@ def stored_order(row: Any, lines: Any, ref_key: str) -> StoredOrder | str:
         if amount is None or packages is None:
             name = QUANTITY if amount is None else PACKAGES
             return f"line {number} (item {item}): {name} is {field_shape(line, name)}"
+        if SUPPLY_FIELD in line:
+            option = text(line[SUPPLY_FIELD])
+            if option is None:
+                shown = field_shape(line, SUPPLY_FIELD)
+                return f"line {number} (item {item}): {SUPPLY_FIELD} is {shown}, not text"
+            options.add(option)
         had_amount, had_packages = totals.get(item.lower(), (Decimal(0), Decimal(0)))
         totals[item.lower()] = (had_amount + amount, had_packages + packages)
-    return StoredOrder(state, sender, receiver, totals)
+    return StoredOrder(state, sender, receiver, totals, frozenset(options))
 
 
 def differences(doc: TransferOrderDocument, stored: StoredOrder) -> list[str]:
@@ -125,4 +136,10 @@ def differences(doc: TransferOrderDocument, stored: StoredOrder) -> list[str]:
                 f"item {item_key}: {got[0]} ({got[1]} packages) instead of {amount} ({packages})"
             )
     problems += [f"unexpected item {key}" for key in remaining]
+    # Lines stored with another supply option are not counted by UT as still to be moved, so
+    # the next run would order them again.
+    problems += [
+        f"lines have {SUPPLY_FIELD} {option!r} instead of {SUPPLY!r}"
+        for option in sorted(stored.supply_options - {SUPPLY})
+    ]
     return problems
