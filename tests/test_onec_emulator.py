@@ -533,8 +533,8 @@ async def test_iis_limits_answer_as_iis(sandbox: tuple[OneCSandbox, Wire]) -> No
 async def test_metadata_is_xml_only(sandbox: tuple[OneCSandbox, Wire]) -> None:
     """$metadata with $format=json or a JSON-only Accept is refused; XML or */* is served."""
     _, wire = sandbox
-    status, _, _ = await wire.call("GET", "$metadata", "$format=json")
-    assert status == 415
+    status, payload = await wire.json("GET", "$metadata", "$format=json")
+    assert (status, payload["odata.error"]["code"]) == (415, "3")
     for accept, expected in (
         ("application/json", 415),
         ("application/xml", 200),

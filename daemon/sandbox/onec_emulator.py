@@ -275,9 +275,10 @@ class _Handler:
         root = f"{request.scheme}://{request.host}{PREFIX}"
         if path == "$metadata":
             if _wants_json(request, options):
-                # Status and text are the emulator's: the guide says only "not supported".
+                # Code and text from the guide's table (§17.4.10, code 3); the status is the
+                # emulator's guess within the 4XX the guide promises.
                 box.requests_by_kind["metadata_json_refused"] += 1
-                raise ODataFault(415, "-1", "Запрос $metadata в формате json не поддерживается")
+                raise ODataFault(415, "3", "Запрошенный тип представления не поддерживается")
             box.requests_by_kind["metadata"] += 1
             if box.metadata_latency_s > 0:
                 await asyncio.sleep(box.metadata_latency_s)
