@@ -37,6 +37,7 @@ from daemon.config import (
 from daemon.control.server import ControlServer
 from daemon.control.service import HubControlService
 from daemon.errors import ConfigError, HubError
+from daemon.hardening import preflight
 from daemon.logs import SecretRedactor, configure_logging
 from daemon.logstream import LogHub
 from daemon.sdnotify import DatabaseProbe, Notifier, watchdog_interval
@@ -112,6 +113,7 @@ class Hub:
         _log.info(
             "hub_starting", version=__version__, config=str(self.config_path), pid=os.getpid()
         )
+        preflight(self.config, self.secrets, self.socket_path)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         # before anything opens, migrates or "recovers" the database another hubd may be using
         state_lock = acquire_state_lock(self.state_dir)

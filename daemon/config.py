@@ -60,7 +60,10 @@ class ControlSection(_Section):
         description="Unix socket; empty = $RUNTIME_DIRECTORY/hubd.sock or <state_dir>/hubd.sock",
     )
     socket_mode: str = Field(default="0660", pattern=r"^0?[0-7]{3}$")
-    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Requests only: the largest valid one is about 1 KiB (control/guard.py field limits).
+    max_message_bytes: int = Field(default=8 * 1024, ge=2 * 1024, le=4 * 1024 * 1024)
+    # Per listener; a `hubctl logs -f` or `run --follow` holds one for as long as it runs.
+    max_concurrent_rpcs: int = Field(default=100, ge=8, le=10_000)
     tcp_listen: str = Field(default="", description="host:port for remote control (TLS only)")
     tls_cert_file: str = ""
     tls_key_file: str = ""

@@ -22,7 +22,7 @@ async def api(tmp_path: Path, hub_factory: Any) -> Any:
     await hub.wait_socket()
     async with grpc.aio.insecure_channel(f"unix:{tmp_path / 'hubd.sock'}") as channel:
         yield control_pb2_grpc.HubControlStub(channel)
-    assert await hub.stop() == 0
+    assert await hub.stop() == 0, hub.stderr[-3000:] + hub.stdout[-3000:]
 
 
 async def _code(call: Any) -> tuple[grpc.StatusCode, str]:

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 
 from daemon.errors import (
     BadArgumentError,
@@ -22,6 +23,10 @@ from daemon.errors import (
 )
 
 _log = structlog.get_logger(__name__)
+
+#: How much of an input an error message may repeat, and how long the whole message may be.
+ECHO_CHARS = 100
+MAX_DETAILS_CHARS = 600
 
 
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
@@ -49,13 +54,33 @@ Resp = TypeVar("Resp")
 Self = TypeVar("Self")
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], rpc: str, exc: Exception) -> None:
+def clip_details(text: str, request: object = None) -> str:
+    """``text`` with every long string of ``request`` it repeats cut to ``ECHO_CHARS``, and
+    the whole cut to ``MAX_DETAILS_CHARS``: the details travel in a header, which a client
+    refuses past 8 KiB (percent-encoded, a Cyrillic letter takes 6 bytes)."""
+    if isinstance(request, Message):
+        for _, value in request.ListFields():
+            if isinstance(value, str) and len(value) > ECHO_CHARS:
+                short = value[:ECHO_CHARS] + "…"
+                text = text.replace(value, short)
+                text = text.replace(repr(value)[1:-1], repr(short)[1:-1])
+    if len(text) > MAX_DETAILS_CHARS:
+        text = text[: MAX_DETAILS_CHARS - 1] + "…"
+    return text
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any],
+    rpc: str,
+    exc: Exception,
+    request: object = None,
+) -> None:
     """End the call with the mapped status; unexpected errors are logged with their traceback
-    here and reach the client only as one sentence."""
+    here and reach the client only as one sentence, which never repeats a whole input."""
     if not isinstance(exc, HubError):
         _log.error("rpc_failed", rpc=rpc, exc_info=exc)
     code, text = status_for(exc)
-    await context.abort(code, text)
+    await context.abort(code, clip_details(text, request))
 
 
 def unary(
@@ -68,7 +93,7 @@ def unary(
         try:
             return await method(self, request, context)
         except Exception as exc:
-            await _abort(context, method.__name__, exc)
+            await abort(context, method.__name__, exc, request)
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
@@ -85,6 +110,6 @@ def streaming(
             async for item in method(self, request, context):
                 yield item
         except Exception as exc:
-            await _abort(context, method.__name__, exc)
+            await abort(context, method.__name__, exc, request)
 
     return wrapper

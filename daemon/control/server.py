@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 import socket
 import stat
@@ -15,12 +16,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from daemon.config import ControlSection
+from daemon.control.guard import RequestGuard
 from daemon.errors import ConfigError
 from protos.hub.v1 import control_pb2, control_pb2_grpc
 
 _log = structlog.get_logger(__name__)
 
-# Answers may be large (a 100,000-item plan); the request limit is the configured one.
+# Answers may be large: GetRun sends a run's whole plan in one message (SEND_LIMIT_NOTE);
+# the request limit is control.max_message_bytes, kilobytes.
 MAX_ANSWER_BYTES = 512 * 1024 * 1024
 
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["HubControl"].full_name
@@ -50,21 +53,51 @@ def _remove_stale_socket(path: Path) -> None:
     raise ConfigError(str(path), "control.socket_path", "another hubd is already listening there")
 
 
+#: A bearer token shorter than this is refused at start: it must not be guessable.
+MIN_TOKEN_BYTES = 32
+
+
+def check_grpc_token(settings: ControlSection, token: str | None) -> None:
+    """The TCP listener needs a bearer token of at least ``MIN_TOKEN_BYTES`` (a ConfigError
+    naming the credential otherwise); the Unix socket needs none."""
+    if not settings.tcp_listen:
+        return
+    if not token:
+        raise ConfigError(
+            "environment",
+            "HUB_GRPC_TOKEN",
+            "control.tcp_listen needs a bearer token (credential grpc_token)",
+        )
+    if len(token.encode("utf-8")) < MIN_TOKEN_BYTES:
+        raise ConfigError(
+            "environment",
+            "HUB_GRPC_TOKEN",
+            f"the bearer token (credential grpc_token) must be at least {MIN_TOKEN_BYTES} "
+            "bytes; make one with `openssl rand -base64 48`",
+        )
+
+
 class _TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Checks the bearer token on the TCP listener (the Unix socket relies on permissions)."""
+    """Checks the bearer token on the TCP listener (the Unix socket relies on permissions).
+
+    The check sees only the call's headers. A caller without the right token gets a handler
+    that never reads the request: its message, however large, is not taken into memory."""
 
     def __init__(self, token: str) -> None:
-        self._token = token
+        self._expected = f"Bearer {token}".encode()
 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get("authorization") == f"Bearer {self._token}":
+        given = ""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization" and isinstance(value, str):
+                given = value
+        if hmac.compare_digest(given.encode("utf-8", "replace"), self._expected):
             return await continuation(handler_call_details)
+        return grpc.stream_unary_rpc_method_handler(_deny)
 
-        async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
-        return grpc.unary_unary_rpc_method_handler(deny)
+async def _deny(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
 
 class ControlServer:
@@ -84,20 +117,24 @@ class ControlServer:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", MAX_ANSWER_BYTES),
             ("grpc.so_reuseport", 0),
+            # Without probing, each call's and each connection's receive window stays at
+            # HTTP/2's 64 KiB: a caller, even one without the token, cannot make hubd buffer
+            # megabytes it will refuse. Requests are kilobytes; answers use the client's window.
+            ("grpc.http2.bdp_probe", 0),
         ]
+        limit = settings.max_concurrent_rpcs
         self._servers: list[grpc.aio.Server] = []
-        self._unix = grpc.aio.server(options=options)
+        self._unix = grpc.aio.server(
+            options=options, interceptors=[RequestGuard()], maximum_concurrent_rpcs=limit
+        )
         self._servers.append(self._unix)
         self._tcp: grpc.aio.Server | None = None
-        if settings.tcp_listen:
-            if not grpc_token:
-                raise ConfigError(
-                    "environment",
-                    "HUB_GRPC_TOKEN",
-                    "control.tcp_listen needs a bearer token (credential grpc_token)",
-                )
+        check_grpc_token(settings, grpc_token)
+        if settings.tcp_listen and grpc_token:
             self._tcp = grpc.aio.server(
-                options=options, interceptors=[_TokenInterceptor(grpc_token)]
+                options=options,
+                interceptors=[_TokenInterceptor(grpc_token), RequestGuard()],
+                maximum_concurrent_rpcs=limit,
             )
             self._servers.append(self._tcp)
         for server in self._servers:

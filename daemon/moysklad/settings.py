@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class MoySkladSettings(BaseModel):
@@ -45,6 +45,17 @@ class MoySkladSettings(BaseModel):
         ge=0,
         description="up to this many items are looked up by filter; more page the product list",
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        # the value is never repeated in the error: it may hold the password
+        if value.username or value.password:
+            raise ValueError(
+                "a URL without 'user:password@': give the token as the moysklad_token "
+                "credential (HUB_MOYSKLAD_TOKEN), or login and the moysklad_password credential"
+            )
+        return value
 
     @model_validator(mode="after")
     def _login_for_password(self) -> MoySkladSettings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 
 class OneCSettings(BaseModel):
@@ -50,3 +50,14 @@ class OneCSettings(BaseModel):
     warehouse_keys: dict[str, str] = Field(
         default_factory=dict, description="Pinned Ref_Key per warehouse name"
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        # the value is never repeated in the error: it may hold the password
+        if value.username or value.password:
+            raise ValueError(
+                "a URL without 'user:password@': set [onec] username and give the password "
+                "as the onec_password credential (HUB_ONEC_PASSWORD)"
+            )
+        return value
