@@ -200,3 +200,19 @@ def test_int64_writes_line_number_either_way_and_nothing_else(
         "1",
         "1",
     )
+
+
+def test_shipping_hooks_move_each_unit_once(dataset: DemoDataset) -> None:
+    """A partial shipment then the rest: the sender loses, and the receiver gains, exactly the
+    ordered quantity in ТоварыНаСкладах, and nothing stays owed."""
+    box = OneCSandbox(dataset)
+    [item, *_] = _items(dataset)
+    order = box.orders.create(_body(dataset, [{"Номенклатура_Key": item, "Количество": 5}]))
+    box.orders.post(order["Ref_Key"], operational=False)
+    before = _free(box, dataset, item)
+    box.set_transfer_outstanding(order["Ref_Key"], item, Decimal(3))
+    assert _free(box, dataset, item) == before - 2
+    assert _balance(box, order["Ref_Key"]) == {item: (Decimal(5), Decimal(3))}
+    box.mark_transfer_received(order["Ref_Key"])
+    assert _free(box, dataset, item) == before - 5
+    assert _balance(box, order["Ref_Key"]) == {item: (Decimal(5), Decimal(0))}

@@ -22,6 +22,7 @@ import pytest
 from pydantic import SecretStr
 
 from daemon.config import HubConfig, load_config
+from daemon.errors import PermanentError
 from daemon.model import (
     EMPTY_GUID,
     TransferLine,
@@ -30,7 +31,13 @@ from daemon.model import (
 )
 from daemon.moysklad.connector import MoySkladConnector
 from daemon.onec.connector import OneCConnector
-from daemon.onec.metadata import OneCSchema
+from daemon.onec.metadata import (
+    OneCSchema,
+    detect_schema,
+    parse_metadata,
+    types_to_keep,
+    verify_published,
+)
 from daemon.onec.transfers import OrderContext, order_body
 from daemon.outbox import OutboxProcessor
 from daemon.runs import RunManager
@@ -44,6 +51,7 @@ from daemon.sandbox.dataset import (
 )
 from daemon.sandbox.moysklad_emulator import MoySkladSandbox, run_moysklad_sandbox
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
+from daemon.sandbox.onec_schema import entity_defs, enums, render_metadata
 from daemon.store import Database, open_database
 from daemon.store.runs import get_run, plan_items
 from tests.conftest import base_sections, write_config
@@ -309,3 +317,16 @@ def test_line_numbers_are_sent_as_json_strings(dataset: DemoDataset) -> None:
     assert [line["LineNumber"] for line in body["Товары"]] == ["1", "2", "3"]
     assert {line["ВариантОбеспечения"] for line in body["Товары"]} == {"Отгрузить"}
     assert all("КодСтроки" not in line for line in body["Товары"])  # 1C fills it itself
+
+
+def test_a_base_without_the_shipping_option_is_refused_by_name() -> None:
+    """The hub writes «Отгрузить» on every line: a base whose ВариантыОбеспечения lacks it is
+    named as incomplete when $metadata is read, before anything is written."""
+    version_enums = enums("11.5")
+    options = tuple(v for v in version_enums["ВариантыОбеспечения"] if v != "Отгрузить")
+    edmx = render_metadata(
+        entity_defs("11.5").values(), {**version_enums, "ВариантыОбеспечения": options}
+    )
+    meta = parse_metadata(edmx, types_to_keep())
+    with pytest.raises(PermanentError, match=r"ВариантыОбеспечения\.Отгрузить"):
+        verify_published(meta, detect_schema(meta, "auto"))

@@ -169,29 +169,34 @@ class TransferOrders:
         self._table.touch()
 
     def set_outstanding(self, ref_key: str, item_key: str, quantity: Decimal) -> None:
-        """Test hook: part of a line has been shipped; ``quantity`` is still to be formalised."""
-        self.get(ref_key)
+        """Test hook: part of a line has been shipped and received; ``quantity`` is still to be
+        formalised. The shipped part leaves the sender's ТоварыНаСкладах and reaches the
+        receiver's, as the «Перемещение товаров» would move it."""
+        row = self.get(ref_key)
         register = self._db.registers[TRANSFER_ORDERS]
-        records = [
-            (*record[:6], quantity if record[1] == item_key else record[6])
-            for record in register.rows_of(ref_key)
-        ]
+        records = []
+        for record in register.rows_of(ref_key):
+            if record[1] == item_key:
+                shipped = record[6] - quantity
+                self._db.add_stock(StockRecord(item_key, row["СкладОтправитель_Key"], -shipped))
+                self._db.add_stock(StockRecord(item_key, row["СкладПолучатель_Key"], shipped))
+                record = (*record[:6], quantity)
+            records.append(record)
         register.replace(ref_key, records)
 
     def receive(self, ref_key: str) -> None:
-        """Every line shipped and received: nothing outstanding, the goods moved, status Закрыт."""
+        """Every line shipped and received: what was still outstanding moves sender → receiver
+        in ТоварыНаСкладах, nothing stays outstanding, status Закрыт."""
         row = self.get(ref_key)
         register = self._db.registers[TRANSFER_ORDERS]
-        register.replace(ref_key, [(*r[:6], Decimal(0)) for r in register.rows_of(ref_key)])
+        records = register.rows_of(ref_key)
         if row["Posted"]:
-            for line in row["Товары"]:
-                if line["Отменено"]:
-                    continue
-                quantity = Decimal(str(line["Количество"]))
-                item = line["Номенклатура_Key"]
-                sender, receiver = row["СкладОтправитель_Key"], row["СкладПолучатель_Key"]
-                self._db.add_stock(StockRecord(item, sender, -quantity))
-                self._db.add_stock(StockRecord(item, receiver, quantity))
+            sender, receiver = row["СкладОтправитель_Key"], row["СкладПолучатель_Key"]
+            for record in records:
+                item, outstanding = record[1], record[6]
+                self._db.add_stock(StockRecord(item, sender, -outstanding))
+                self._db.add_stock(StockRecord(item, receiver, outstanding))
+        register.replace(ref_key, [(*r[:6], Decimal(0)) for r in records])
         row["Статус"] = "Закрыт"
         row["DataVersion"] = self._db.next_version()
         self._table.touch()
