@@ -2,24 +2,20 @@
 
 Both emulators run in this process, so their state outlives every daemon; faults are on (random
 5xx and hangs, answers dropped after a create committed, latency). In a loop, hubd is started on
-one state directory, a replenishment run is triggered, and hubd is SIGKILLed after a random wait
-(sometimes during start-up, sometimes after a longer wait so deliveries are in flight). While it
-is down, every document it created is "closed" without moving goods (МойСклад: shipped; 1C:
-nothing outstanding on any line), so the next run orders the same deficits again as new
-documents. At the end hubd runs once more without faults until the outbox is drained, and every
-outbox row (idempotency key, kind, lines) is compared with the documents in both emulators:
-
-- lost: a planned document missing in its emulator, a row still undelivered after the drain,
-  or a run whose stored plan counts more documents than it has outbox rows;
-- duplicated: a second document for one key (1C: same ``Ref_Key`` or marker key; МойСклад: same
-  ``syncId`` or ``externalCode``), or a document no outbox row accounts for;
-- mismatched: a document whose lines, quantities, warehouses or posting differ from its row;
-- over-ordered: an item whose documents still open when a run planned add up to more than the
-  whole deficit (one deficit ordered twice under different keys, which no key check sees).
+one state directory, a burst of concurrent TriggerRun calls is sent (issue 19: they must all get
+one run), and hubd is SIGKILLed after a random wait (sometimes during start-up, sometimes after a
+longer wait so deliveries are in flight). In some lives a second hubd is started mid-run on the
+same state directory with another socket: it must refuse (exit 78, naming the first's PID)
+before the first is killed. While hubd is down, every document it created is "closed" without
+moving goods (МойСклад: shipped; 1C: nothing outstanding on any line), so the next run orders
+the same deficits again as new documents. At the end hubd runs once more without faults until
+the outbox is drained, and ``scripts/soak_audit.py`` compares every outbox row with the
+documents in both emulators (lost, duplicated, mismatched, over-ordered, overlapping runs).
 
 Dead rows are counted separately. The last three lines printed are ``kills: N``, ``lost: N``,
 ``duplicated: N``; the exit status is 1 when anything is lost, duplicated, mismatched,
-over-ordered or dead, when hubd exited on its own, or when fewer kills than asked were made.
+over-ordered or dead, when runs overlapped or one burst started two runs, when a second daemon
+did not refuse, when hubd exited on its own, or when fewer kills than asked were made.
 
     .venv/bin/python scripts/crash_soak.py [--kills 500] [--seed 1] [--items 60] [--keep]
 """
@@ -28,39 +24,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import math
 import os
 import random
 import secrets
 import shutil
 import socket
-import sqlite3
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import grpc
 
-from daemon.model import CustomerOrderDocument, TransferOrderDocument
 from daemon.sandbox.dataset import DONOR_NAMES, TARGET_NAME, build_demo_dataset
 from daemon.sandbox.moysklad_emulator import MoySkladSandbox, run_moysklad_sandbox
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
 from protos.hub.v1 import control_pb2 as pb
 from protos.hub.v1 import control_pb2_grpc
+from scripts.soak_audit import Audit, Order, audit, leased_by, undrained
+
+__all__ = ["Order", "SoakOptions", "SoakResult", "audit", "run_soak"]
 
 REPO = Path(__file__).resolve().parent.parent
-UNDELIVERED = ("pending", "in_flight", "retry_wait", "outcome_unknown")
 Say = Callable[[str], None]
-Order = dict[str, Any]  # one document as an emulator's inspection helper shows it
 
 
 @dataclass(frozen=True)
@@ -78,19 +71,8 @@ class SoakOptions:
     lease_s: float = 3.0  # short, so the rows of a killed daemon are reclaimed within the soak
     drain_limit_s: float = 180.0
     progress_every: int = 50
-
-
-@dataclass
-class Audit:
-    rows: int = 0
-    delivered: int = 0
-    runs: int = 0
-    runs_with_documents: int = 0
-    lost: list[str] = field(default_factory=list)
-    duplicated: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    dead: list[str] = field(default_factory=list)
-    over_ordered: list[str] = field(default_factory=list)
+    triggers_per_life: int = 12  # concurrent TriggerRun calls; all must name one run
+    second_daemon_share: float = 0.1  # lives in which a second hubd tries the state directory
 
 
 @dataclass
@@ -100,6 +82,10 @@ class SoakResult:
     kills_mid_delivery: int = 0  # the killed daemon held a lease on a row being delivered
     unexpected_exits: int = 0
     trigger_failures: int = 0
+    bursts: int = 0
+    bursts_with_several_runs: list[str] = field(default_factory=list)
+    second_daemons: int = 0
+    second_daemons_not_refused: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     audit: Audit = field(default_factory=Audit)
     coverage: dict[str, int] = field(default_factory=dict)
@@ -108,8 +94,12 @@ class SoakResult:
     def ok(self) -> bool:
         a = self.audit
         problems = (
-            a.lost or a.duplicated or a.mismatched or a.dead or a.over_ordered
-        ) or self.unexpected_exits
+            a.lost or a.duplicated or a.mismatched or a.dead or a.over_ordered or a.overlapping
+        ) or (
+            self.unexpected_exits
+            or self.bursts_with_several_runs
+            or self.second_daemons_not_refused
+        )
         return self.kills >= self.target_kills and not problems
 
     def report(self) -> list[str]:
@@ -120,14 +110,22 @@ class SoakResult:
             f"kills mid-delivery {self.kills_mid_delivery}, trigger failures "
             f"{self.trigger_failures}, hubd exits on its own {self.unexpected_exits}",
             ", ".join(f"{name} {count}" for name, count in self.coverage.items()),
+            f"trigger bursts {self.bursts}, bursts that started several runs: "
+            f"{len(self.bursts_with_several_runs)}",
+            f"second daemons started mid-run {self.second_daemons}, not refused: "
+            f"{len(self.second_daemons_not_refused)}",
             f"dead: {len(a.dead)}",
             f"mismatched: {len(a.mismatched)}",
             f"over-ordered: {len(a.over_ordered)}",
+            f"overlapping runs: {len(a.overlapping)}",
         ]
         for label, found in (
             ("dead", a.dead),
             ("mismatched", a.mismatched),
             ("over-ordered", a.over_ordered),
+            ("overlapping", a.overlapping),
+            ("burst", self.bursts_with_several_runs),
+            ("second daemon", self.second_daemons_not_refused),
         ):
             lines += [f"  {label}: {text}" for text in found[:10]]
         for label, found in (("lost", a.lost), ("duplicated", a.duplicated)):
@@ -143,13 +141,15 @@ class SoakResult:
 # -- the daemon under test ----------------------------------------------------------------------
 
 
-def config_text(state: Path, onec_url: str, moysklad_url: str, lease_s: float) -> str:
+def config_text(
+    state: Path, onec_url: str, moysklad_url: str, lease_s: float, socket_name: str = "hubd.sock"
+) -> str:
     donors = ", ".join(f'"{name}"' for name in DONOR_NAMES)
     return f"""[hub]
 state_dir = "{state}"
 shutdown_timeout_s = 10
 [control]
-socket_path = "{state / "hubd.sock"}"
+socket_path = "{state / socket_name}"
 [logging]
 level = "info"
 format = "json"
@@ -228,14 +228,43 @@ class Daemon:
                     return True
         return False
 
-    async def trigger(self) -> bool:
-        async with grpc.aio.insecure_channel(f"unix:{self.socket_path}") as channel:
-            api = control_pb2_grpc.HubControlStub(channel)
-            try:
-                await api.TriggerRun(pb.TriggerRunRequest(job="replenishment"), timeout=10)
-            except grpc.aio.AioRpcError:
-                return False
-        return True
+    async def trigger_burst(self, n: int) -> tuple[set[str], int]:
+        """``n`` concurrent TriggerRun calls on two channels: (run ids answered, failures)."""
+        async with (
+            grpc.aio.insecure_channel(f"unix:{self.socket_path}") as one,
+            grpc.aio.insecure_channel(f"unix:{self.socket_path}") as two,
+        ):
+            apis = [control_pb2_grpc.HubControlStub(one), control_pb2_grpc.HubControlStub(two)]
+            replies = await asyncio.gather(
+                *(
+                    apis[i % 2].TriggerRun(pb.TriggerRunRequest(job="replenishment"), timeout=10)
+                    for i in range(n)
+                ),
+                return_exceptions=True,
+            )
+        ids = {r.run.id for r in replies if isinstance(r, pb.TriggerRunResponse)}
+        return ids, sum(isinstance(r, BaseException) for r in replies)
+
+    async def second(self, config: Path) -> str | None:
+        """Start another hubd on this state directory; None if it refused as it must (exit 78,
+        one line naming this daemon's PID), else what it did instead."""
+        assert self.proc is not None
+        env = {k: v for k, v in self._env.items() if k != "NOTIFY_SOCKET"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", "run", "--config", str(config),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, env=env, cwd=REPO,
+        )  # fmt: skip
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return "it kept running for 20 s"
+        text = err.decode(errors="replace").strip()
+        if proc.returncode == 78 and f"in use by hubd PID {self.proc.pid}" in text:
+            return None
+        return f"exit {proc.returncode}: {text[-300:]}"
 
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.returncode
@@ -311,187 +340,42 @@ def coverage(onec: OneCSandbox, moysklad: MoySkladSandbox, log: Path) -> dict[st
     }
 
 
-# -- the audit ----------------------------------------------------------------------------------
-
-
-def _query(path: Path, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(path, timeout=10)
-    try:
-        conn.row_factory = sqlite3.Row
-        return conn.execute(sql, tuple(params)).fetchall()
-    finally:
-        conn.close()
-
-
-def undrained(path: Path) -> int:
-    marks = ",".join("?" for _ in UNDELIVERED)
-    rows = _query(path, f"SELECT count(*) FROM outbox WHERE state IN ({marks})", UNDELIVERED)
-    return int(rows[0][0])
-
-
-def leased_by(path: Path, owner: str) -> int:
-    if not path.exists():  # killed before it created its database
-        return 0
-    sql = "SELECT count(*) FROM outbox WHERE state = 'in_flight' AND lease_owner = ?"
-    return int(_query(path, sql, (owner,))[0][0])
-
-
-def _totals(pairs: Iterable[tuple[str, Any]]) -> dict[str, Decimal]:
-    totals: dict[str, Decimal] = {}
-    for key, qty in pairs:
-        totals[key] = totals.get(key, Decimal(0)) + Decimal(str(qty))
-    return totals
-
-
-def _item_totals(row: sqlite3.Row) -> dict[str, Decimal]:
-    doc: TransferOrderDocument | CustomerOrderDocument
-    if row["kind"] == "onec_transfer_order":
-        doc = TransferOrderDocument.model_validate_json(row["payload_json"])
-    else:
-        doc = CustomerOrderDocument.model_validate_json(row["payload_json"])
-    return _totals((line.item_key, line.quantity) for line in doc.lines)
-
-
-def _marker_key(comment: str) -> str | None:
-    return next((t[4:] for t in comment.split() if t.startswith("key=")), None)
-
-
-def _onec_match(payload: str, orders: list[Order]) -> tuple[list[str], list[str]]:
-    """(every 1C order this row accounts for, those that differ from it)."""
-    doc = TransferOrderDocument.model_validate_json(payload)
-    found = [
-        o for o in orders
-        if o["Ref_Key"] == doc.ref_key or _marker_key(o["comment"]) == doc.idempotency_key
-    ]  # fmt: skip
-    wanted = _totals((line.item_key, line.quantity) for line in doc.lines)
-    bad = [
-        o["Ref_Key"] for o in found
-        if not o["Posted"]
-        or (o["sender"], o["receiver"]) != (doc.sender_key, doc.receiver_key)
-        or _totals((line["item_key"], line["quantity"]) for line in o["lines"]) != wanted
-    ]  # fmt: skip
-    return [o["Ref_Key"] for o in found], bad
-
-
-def _moysklad_match(payload: str, orders: list[Order]) -> tuple[list[str], list[str]]:
-    """(every МойСклад order this row accounts for, those that differ from it)."""
-    doc = CustomerOrderDocument.model_validate_json(payload)
-    found = [
-        o for o in orders if doc.sync_id == o["syncId"] or doc.external_code == o["externalCode"]
-    ]
-    wanted = _totals((line.product_id, line.quantity) for line in doc.lines)
-    bad = [
-        o["id"] for o in found
-        if _totals((p["product_id"], p["quantity"]) for p in o["positions"]) != wanted
-    ]  # fmt: skip
-    return [o["id"] for o in found], bad
-
-
-def _over_ordered(opened: list[tuple[str, float, float, dict[str, Decimal]]]) -> list[str]:
-    """Items whose open documents, once a run had planned, exceed what the first run ordered.
-
-    ``opened`` holds (run id, run start, when the soak closed the document or inf, quantity per
-    item) per outbox row. The first run saw no open documents, so it ordered the whole deficit;
-    a later run may only add what the documents still open at its start do not cover. More
-    means one deficit was ordered twice, under different keys, which no key check can see.
-    """
-    starts = sorted({(start, run) for run, start, _, _ in opened})
-    cap: dict[str, Decimal] = {}
-    found = []
-    for start, run in starts:
-        open_now: dict[str, Decimal] = {}
-        for other, other_start, closed, totals in opened:
-            if other == run or (other_start < start < closed):
-                for item, qty in totals.items():
-                    open_now[item] = open_now.get(item, Decimal(0)) + qty
-        cap = cap or open_now
-        found += [
-            f"run {run}: {qty} of item {item} open, the whole deficit is {cap.get(item, 0)}"
-            for item, qty in sorted(open_now.items())
-            if qty > cap.get(item, Decimal(0))
-        ]
-    return found
-
-
-def audit(
-    db_path: Path,
-    onec_orders: list[Order],
-    ms_orders: list[Order],
-    closed_at: dict[str, float] | None = None,
-) -> Audit:
-    """Compare every run's outbox rows with the documents in both emulators.
-
-    ``onec_orders`` and ``ms_orders`` are what ``OneCSandbox.transfer_orders()`` and
-    ``MoySkladSandbox.orders()`` return; ``closed_at`` is ``Closer.closed_at``.
-    """
-    closed_at = closed_at or {}
-    rows = _query(db_path, "SELECT * FROM outbox ORDER BY id")
-    runs = _query(db_path, "SELECT id, started_at, counts_json FROM runs")
-    started = {str(run["id"]): float(run["started_at"]) for run in runs}
-    opened = []
-    result = Audit(rows=len(rows), runs=len(runs))
-    per_run = Counter(str(row["run_id"]) for row in rows)
-    for run in runs:
-        planned = int(json.loads(run["counts_json"] or "{}").get("documents", 0))
-        result.runs_with_documents += planned > 0
-        if per_run[run["id"]] < planned:
-            result.lost.append(
-                f"run {run['id']} planned {planned}, outbox has {per_run[run['id']]}"
-            )
-    used: set[str] = set()
-    for row in rows:
-        key, state = str(row["idempotency_key"]), str(row["state"])
-        if row["kind"] == "onec_transfer_order":
-            ids, bad = _onec_match(row["payload_json"], onec_orders)
-        else:
-            ids, bad = _moysklad_match(row["payload_json"], ms_orders)
-        used.update(ids)
-        closed = min((closed_at.get(i, math.inf) for i in ids), default=math.inf)
-        run_id = str(row["run_id"])
-        opened.append((run_id, started[run_id], closed, _item_totals(row)))
-        result.delivered += state == "delivered"
-        if state == "dead":
-            result.dead.append(f"{key} ({len(ids)} document(s)): {row['last_error']}")
-        elif state != "delivered":
-            result.lost.append(f"{key} still {state} after the drain")
-        elif not ids:
-            result.lost.append(f"{key} is delivered as {row['external_id']}, which does not exist")
-        elif row["external_id"] not in ids:
-            result.mismatched.append(f"{key}: the outbox says {row['external_id']}, found {ids}")
-        result.duplicated += [f"{key} also as {extra}" for extra in ids[1:]]
-        result.mismatched += [f"{key}: document {ref} differs from the row" for ref in bad]
-    result.duplicated += [
-        f"1C order {o['Ref_Key']} ({o['comment']!r}) matches no outbox row"
-        for o in onec_orders
-        if o["Ref_Key"] not in used
-    ]
-    result.duplicated += [
-        f"МойСклад order {o['id']} ({o['externalCode']}) matches no outbox row"
-        for o in ms_orders
-        if o["id"] not in used
-    ]
-    result.over_ordered = _over_ordered(opened)
-    return result
-
-
 # -- the soak -----------------------------------------------------------------------------------
 
 
 async def _one_life(
-    daemon: Daemon, db_path: Path, options: SoakOptions, rng: random.Random, result: SoakResult
+    daemon: Daemon,
+    db_path: Path,
+    second_config: Path,
+    options: SoakOptions,
+    rng: random.Random,
+    result: SoakResult,
 ) -> bool:
-    """Start, trigger, wait, SIGKILL; False if hubd exited on its own instead."""
+    """Start, trigger (a burst), maybe start a second daemon, wait, SIGKILL; False if hubd
+    exited on its own instead."""
     await daemon.start()
     if rng.random() < options.startup_kill_share:
         await asyncio.sleep(rng.uniform(0.0, 0.6))
     else:
         if not await daemon.wait_ready():
             return False
-        result.trigger_failures += not await daemon.trigger()
+        ids, failures = await daemon.trigger_burst(options.triggers_per_life)
+        result.bursts += 1
+        result.trigger_failures += failures
+        if len(ids) > 1:
+            result.bursts_with_several_runs.append(f"one burst got runs {sorted(ids)}")
+        second = None
+        if rng.random() < options.second_daemon_share:
+            result.second_daemons += 1
+            second = asyncio.ensure_future(daemon.second(second_config))
         wait = rng.uniform(0.0, options.max_wait_s)
         if rng.random() < options.long_wait_share:
             wait = rng.uniform(options.max_wait_s, 3 * options.max_wait_s)
         await asyncio.sleep(wait)
+        if second is not None:  # it must have refused while the first held the directory
+            problem = await second
+            if problem is not None:
+                result.second_daemons_not_refused.append(problem)
     if daemon.exited() is not None:
         return False
     await daemon.kill()
@@ -537,6 +421,10 @@ async def run_soak(options: SoakOptions, workdir: Path, say: Say) -> SoakResult:
             workdir / "config.toml",
             config_text(workdir / "state", onec_url, moysklad_url, options.lease_s),
         )
+        second_config = _write(
+            workdir / "second.toml",
+            config_text(workdir / "state", onec_url, moysklad_url, options.lease_s, "second.sock"),
+        )
         log = stack.enter_context(log_path.open("ab"))
         env = {"HUB_ONEC_PASSWORD": password, "HUB_MOYSKLAD_TOKEN": token, "PYTHONUNBUFFERED": "1"}
         daemon = Daemon(workdir, config, env, log)
@@ -547,7 +435,7 @@ async def run_soak(options: SoakOptions, workdir: Path, say: Say) -> SoakResult:
                 break
             before = result.kills
             set_faults(onec, moysklad, options, rng)
-            if not await _one_life(daemon, db_path, options, rng, result):
+            if not await _one_life(daemon, db_path, second_config, options, rng, result):
                 result.unexpected_exits += 1
                 say(f"hubd exited on its own with status {daemon.exited()}; see {log_path}")
                 await daemon.kill()

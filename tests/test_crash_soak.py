@@ -24,16 +24,24 @@ from daemon.store import outbox as outbox_store
 from daemon.store import runs as run_store
 from daemon.store.outbox_leases import claim_due, record_delivered
 from daemon.store.runs import RunRecord
-from scripts.crash_soak import Order, SoakOptions, audit, run_soak
+from scripts.crash_soak import SoakOptions, run_soak
+from scripts.soak_audit import Order, audit
 
 
 # About 25 s on an idle 2-core machine; the margin is for a loaded one.
 @pytest.mark.timeout(120)
 async def test_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    """20 SIGKILLs mid-run and mid-delivery, then a drain: every planned document exists once,
-    with its lines, and nothing else exists."""
+    """20 SIGKILLs mid-run and mid-delivery after bursts of concurrent triggers, some with a
+    second hubd refused mid-run, then a drain: every planned document exists once, with its
+    lines, nothing else exists, and no two runs overlapped."""
     options = SoakOptions(
-        kills=20, seed=7, items=60, max_wait_s=1.0, long_wait_share=0.1, lease_s=2.0
+        kills=20,
+        seed=7,
+        items=60,
+        max_wait_s=1.0,
+        long_wait_share=0.1,
+        lease_s=2.0,
+        second_daemon_share=0.2,
     )
     notes: list[str] = []
     result = await run_soak(options, tmp_path, notes.append)
@@ -43,6 +51,11 @@ async def test_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert result.audit.duplicated == [], report
     assert result.audit.mismatched == result.audit.dead == result.audit.over_ordered == [], report
     assert result.unexpected_exits == 0, report
+    # issue 19: bursts of concurrent triggers start one run each, runs never overlap, and a
+    # second daemon started mid-run refuses the state directory
+    assert result.bursts > 0 and result.bursts_with_several_runs == [], report
+    assert result.audit.overlapping == [], report
+    assert result.second_daemons > 0 and result.second_daemons_not_refused == [], report
     # the soak is only worth something if kills landed while documents were being delivered
     assert result.kills_mid_delivery > 0, report
     assert result.audit.delivered == result.audit.rows > 0, report
@@ -96,6 +109,7 @@ async def _delivered_outbox(path: Path, runs: dict[str, tuple[float, int]]) -> N
         for run, (started_at, planned) in runs.items():
             record = RunRecord(run, "replenishment", "manual", False, "succeeded", started_at)
             record.counts = {"documents": planned}
+            record.finished_at = started_at + 10
             await run_store.insert_run(db, record)
             async with db.transaction() as conn:
                 await outbox_store.enqueue(conn, run, _documents(run), started_at)
@@ -145,7 +159,7 @@ async def test_audit_counts_lost_duplicated_and_mismatched_documents(tmp_path: P
     clean = audit(path, [onec], [moysklad])
     assert (clean.rows, clean.delivered, clean.runs_with_documents) == (2, 2, 1)
     assert clean.lost == clean.duplicated == clean.mismatched == clean.dead == []
-    assert clean.over_ordered == []
+    assert clean.over_ordered == clean.overlapping == []
 
     assert len(audit(path, [onec], []).lost) == 1
     copy = {**onec, "Ref_Key": str(uuid.uuid4())}  # same marker key, another Ref_Key
@@ -176,3 +190,17 @@ async def test_audit_counts_a_deficit_ordered_again_while_still_open(tmp_path: P
     assert audit(path, onec, moysklad, closed_between).over_ordered == []
     closed_late = {first[0]["Ref_Key"]: 2500.0, first[1]["id"]: 1500.0}
     assert len(audit(path, onec, moysklad, closed_late).over_ordered) == 2
+
+
+async def test_audit_counts_runs_of_one_job_that_overlapped(tmp_path: Path) -> None:
+    """Two runs of one job are overlapping when the later started before the earlier ended
+    (or the earlier never ended); one after the other they are not."""
+    apart = tmp_path / "apart.sqlite3"
+    await _delivered_outbox(apart, {RUN: (1000.0, 2), LATER: (2000.0, 2)})
+    first, second = _emulated(RUN), _emulated(LATER)
+    onec, moysklad = [first[0], second[0]], [first[1], second[1]]
+    assert audit(apart, onec, moysklad).overlapping == []
+    together = tmp_path / "together.sqlite3"
+    await _delivered_outbox(together, {RUN: (1000.0, 2), LATER: (1005.0, 2)})
+    found = audit(together, onec, moysklad).overlapping
+    assert found == [f"replenishment: run {LATER} started while {RUN} ran"]
