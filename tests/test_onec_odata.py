@@ -20,7 +20,8 @@ from daemon.onec.metadata import (
     verify_published,
 )
 from daemon.onec.transport import classify
-from daemon.sandbox.onec_filter import Compare, Field, Literal, parse_filter, parse_params
+from daemon.sandbox.onec_filter import Compare, Field, Literal, parse_filter
+from daemon.sandbox.onec_params import parse_params
 from daemon.sandbox.onec_schema import entity_defs, enums, render_metadata
 
 GUID = "3aa3cd58-c109-11e6-a7a6-5404a6b4b8ed"

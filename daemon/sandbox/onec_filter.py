@@ -1,4 +1,4 @@
-"""The OData 3 expression subset the 1C emulator understands: ``$filter``, ``Condition``, keys.
+"""The OData 3 expression subset the 1C emulator understands: ``$filter`` and ``Condition``.
 
 The tokenizer works on the percent-decoded text and refuses anything outside the grammar — in
 particular a ``+`` (the real platform does not read ``+`` as a space, so a client that sends
@@ -277,80 +277,6 @@ class _Parser:
 def parse_filter(text: str) -> Node:
     """Parse a ``$filter`` / ``Condition`` expression."""
     return _Parser(tokenize(text)).parse()
-
-
-def parse_params(text: str) -> dict[str, Any]:
-    """Parse ``Name=literal,Name=literal`` (function parameters and compound keys).
-
-    A single bare literal (``guid'…'``) is returned under the key ``""``.
-    """
-    tokens = tokenize(text)
-    if len(tokens) == 1 and tokens[0].kind == "literal":
-        return {"": tokens[0].value}
-    params: dict[str, Any] = {}
-    index = 0
-    while index < len(tokens):
-        window = tokens[index : index + 3]
-        if (
-            len(window) < 3
-            or window[0].kind != "name"
-            or window[1].text != "="
-            or window[2].kind != "literal"
-        ):
-            raise FilterSyntaxError("expected Name=value")
-        params[window[0].text] = window[2].value
-        index += 3
-        if index < len(tokens):
-            if tokens[index].text != ",":
-                raise FilterSyntaxError("expected ','")
-            index += 1
-            if index == len(tokens):
-                raise FilterSyntaxError("trailing ','")
-    return params
-
-
-_PARAM_NAME = re.compile(r"\s*([^\W\d]\w*)\s*=\s*")
-_NEXT_PARAM = re.compile(r",\s*[^\W\d]\w*\s*=")
-
-
-def parse_guide_params(text: str) -> dict[str, Any]:
-    """Parse function parameters written as the developer guide writes them (§17.4.9):
-    ``Condition='Товар_Key eq guid'value'',Dimensions='Номенклатура'`` — a quoted value is
-    taken as it is, with no unescaping, and ends at the first quote that is followed by the
-    next ``,Name=`` or by the end. Other values are single literals (``datetime'…'``)."""
-    params: dict[str, Any] = {}
-    position = 0
-    while position < len(text):
-        match = _PARAM_NAME.match(text, position)
-        if match is None:
-            raise FilterSyntaxError("expected Name=value")
-        position = match.end()
-        if text.startswith("'", position):
-            end = position + 1
-            while True:
-                end = text.find("'", end)
-                if end < 0:
-                    raise FilterSyntaxError("unterminated value")
-                if end + 1 == len(text) or _NEXT_PARAM.match(text, end + 1):
-                    break
-                end += 1
-            params[match.group(1)] = text[position + 1 : end]
-            position = end + 1
-        else:
-            following = _NEXT_PARAM.search(text, position)
-            end = following.start() if following else len(text)
-            tokens = tokenize(text[position:end])
-            if len(tokens) != 1 or tokens[0].kind != "literal":
-                raise FilterSyntaxError("expected a literal")
-            params[match.group(1)] = tokens[0].value
-            position = end
-        if position < len(text):
-            if text[position] != ",":
-                raise FilterSyntaxError("expected ','")
-            position += 1
-            if position == len(text):
-                raise FilterSyntaxError("trailing ','")
-    return params
 
 
 # ---------------------------------------------------------------------------------------------
