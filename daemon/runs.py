@@ -329,6 +329,7 @@ class RunManager:
             try:
                 recorded = await self._record(active)
             except BaseException:  # cancelled while recording: the triggers waiting must end
+                active.refused = DrainingError("hubd is shutting down and starts no new runs")
                 self._release(active)
                 raise
             if not recorded:

@@ -48,11 +48,14 @@ from daemon.sandbox.moysklad_emulator import MoySkladSandbox, run_moysklad_sandb
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
 from protos.hub.v1 import control_pb2 as pb
 from protos.hub.v1 import control_pb2_grpc
-from scripts.soak_audit import Audit, Order, audit, leased_by, undrained
-
-__all__ = ["Order", "SoakOptions", "SoakResult", "audit", "run_soak"]
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as `python scripts/crash_soak.py`: import its sibling too
+    sys.path.insert(0, str(REPO))
+
+from scripts.soak_audit import Audit, Order, audit, leased_by, undrained  # noqa: E402
+
+__all__ = ["Order", "SoakOptions", "SoakResult", "audit", "run_soak"]
 Say = Callable[[str], None]
 
 
