@@ -63,6 +63,7 @@ class StorageHealth:
         self.path = path
         self._clock = clock
         self.limit_bytes = 0
+        self.quiet_s = _QUIET_S
         self._since: float | None = None
         self._last_refused = 0.0
         self._refused = 0
@@ -107,7 +108,7 @@ class StorageHealth:
 
     def committed(self) -> None:
         """A write went through: back to normal once refusals have stopped for a while."""
-        if self._since is None or self._clock() - self._last_refused < _QUIET_S:
+        if self._since is None or self._clock() - self._last_refused < self.quiet_s:
             return
         _log.warning(
             "storage_writable_again",
