@@ -163,6 +163,35 @@ def test_every_credential_is_optional_and_its_default_reads_as_absent(
     assert secrets.values() == ["s3cret"]
 
 
+def size_bytes(value: str) -> int:
+    """A systemd byte size ("768M", "1G", "4096") in bytes."""
+    match = re.fullmatch(r"(\d+)([KMGT]?)", value)
+    assert match, f"not a byte size: {value!r}"
+    power: int = " KMGT".index(match[2] or " ")
+    return int(match[1]) * int(1024**power)
+
+
+#: hubd's peak RSS through a delivered 20,000-item run, then 32 concurrent plan reads
+#: (benchmarks/bench_control_run_memory.py); the unit comment gives the figures.
+MEASURED_RUN_PEAK = 263 * 2**20
+MEASURED_WORST_PEAK = 355 * 2**20
+
+
+def test_unit_caps_memory_with_room_for_the_largest_run(service: dict[str, list[str]]) -> None:
+    """MemoryHigh= is 2-3x the measured run peak and above the worst measured peak; MemoryMax=
+    is above MemoryHigh=, so a healthy daemon is never throttled and a leak is stopped."""
+    high = size_bytes(only(service, "MemoryHigh"))
+    top = size_bytes(only(service, "MemoryMax"))
+    assert 2 * MEASURED_RUN_PEAK <= high <= 3 * MEASURED_RUN_PEAK
+    assert high >= 2 * MEASURED_WORST_PEAK
+    assert top > high
+
+
+def test_unit_never_writes_core_dumps(service: dict[str, list[str]]) -> None:
+    """LimitCORE=0: a core file would hold the credentials the process has read."""
+    assert only(service, "LimitCORE") == "0"
+
+
 # ---- the system user ---------------------------------------------------------------------------
 
 

@@ -22,9 +22,10 @@ from protos.hub.v1 import control_pb2, control_pb2_grpc
 
 _log = structlog.get_logger(__name__)
 
-# Answers may be large: GetRun sends a run's whole plan in one message (SEND_LIMIT_NOTE);
-# the request limit is control.max_message_bytes, kilobytes.
-MAX_ANSWER_BYTES = 512 * 1024 * 1024
+# Answers may be large: GetRun sends a run's whole plan in one message, 6.8 MB for 20,000 items
+# (benchmarks/bench_control_run_memory.py), so this allows plans of about 390,000 items. The
+# request limit is control.max_message_bytes, kilobytes.
+MAX_ANSWER_BYTES = 128 * 1024 * 1024
 
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["HubControl"].full_name
 

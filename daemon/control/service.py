@@ -3,6 +3,7 @@ messages. Errors become status codes in ``daemon.control.errors`` only."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+#: GetRun calls that build their answer at the same time; the others wait their turn.
+PLAN_READERS = 2
+
 
 def ms(seconds: float | None) -> int:
     return int(seconds * 1000) if seconds else 0
@@ -47,6 +51,9 @@ def log_event(record: LogRecord) -> pb.LogEvent:
 class HubControlService(control_pb2_grpc.HubControlServicer):
     def __init__(self, services: HubServices) -> None:
         self.services = services
+        # A whole plan is built per GetRun (about 70 MB of objects for 20,000 items): a few
+        # callers at once could otherwise take the daemon past its MemoryMax.
+        self._plan_readers = asyncio.Semaphore(PLAN_READERS)
 
     @unary
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.Status:
@@ -144,25 +151,26 @@ class HubControlService(control_pb2_grpc.HubControlServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.RunDetail:
         if not request.run_id:
             raise BadArgumentError("run_id is required")
-        record = await run_store.get_run(self.services.db, request.run_id)
-        items = await run_store.plan_items(self.services.db, record.id)
-        delivery = await outbox_store.run_delivery_state(self.services.db, record.id)
-        return pb.RunDetail(
-            run=self._run_message(record, [d.state for d in delivery.documents]),
-            items=[plan_item(i) for i in items],
-            documents=[
-                pb.RunDocument(
-                    outbox_id=d.outbox_id,
-                    kind=d.kind,
-                    summary=d.summary,
-                    state=d.state,
-                    external_id=d.external_id or "",
-                    number=d.number or "",
-                    last_error=d.last_error or "",
-                )
-                for d in delivery.documents
-            ],
-        )
+        async with self._plan_readers:
+            record = await run_store.get_run(self.services.db, request.run_id)
+            items = await run_store.plan_items(self.services.db, record.id)
+            delivery = await outbox_store.run_delivery_state(self.services.db, record.id)
+            return pb.RunDetail(
+                run=self._run_message(record, [d.state for d in delivery.documents]),
+                items=[plan_item(i) for i in items],
+                documents=[
+                    pb.RunDocument(
+                        outbox_id=d.outbox_id,
+                        kind=d.kind,
+                        summary=d.summary,
+                        state=d.state,
+                        external_id=d.external_id or "",
+                        number=d.number or "",
+                        last_error=d.last_error or "",
+                    )
+                    for d in delivery.documents
+                ],
+            )
 
     async def _run(self, record: RunRecord) -> pb.Run:
         delivery = await outbox_store.run_delivery_state(self.services.db, record.id)
