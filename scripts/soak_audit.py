@@ -147,7 +147,9 @@ def _over_ordered(opened: list[tuple[str, float, float, dict[str, Decimal]]]) ->
 
 def _overlapping(runs: list[sqlite3.Row]) -> list[str]:
     """Runs of one job whose lives overlap. A run killed with its daemon ends (``finished_at``)
-    when the next daemon starts and closes it, before that daemon can start another."""
+    when the next daemon starts and closes it, before that daemon can start another. A run
+    that committed its plan (status final) but was killed before it wrote ``finished_at`` also
+    ended with its daemon, before any later one started."""
     found = []
     by_job: dict[str, list[sqlite3.Row]] = {}
     for run in runs:
@@ -156,6 +158,8 @@ def _overlapping(runs: list[sqlite3.Row]) -> list[str]:
         mine.sort(key=lambda r: float(r["started_at"]))
         for before, after in itertools.pairwise(mine):
             ended = before["finished_at"]
+            if ended is None and before["status"] != "running":
+                continue
             if ended is None or float(after["started_at"]) < float(ended):
                 found.append(f"{job}: run {after['id']} started while {before['id']} ran")
     return found
@@ -174,7 +178,7 @@ def audit(
     """
     closed_at = closed_at or {}
     rows = _query(db_path, "SELECT * FROM outbox ORDER BY id")
-    runs = _query(db_path, "SELECT id, job, started_at, finished_at, counts_json FROM runs")
+    runs = _query(db_path, "SELECT id, job, status, started_at, finished_at, counts_json FROM runs")
     started = {str(run["id"]): float(run["started_at"]) for run in runs}
     opened = []
     result = Audit(rows=len(rows), runs=len(runs))
