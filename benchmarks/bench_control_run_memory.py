@@ -8,7 +8,11 @@ the Unix socket, waits until it has finished and its documents are delivered, th
 start, its peak (``VmHWM``) after the run and after the concurrent reads, and the serialized
 size of the ``GetRun`` answer.
 
-    .venv/bin/python benchmarks/bench_control_run_memory.py [--items 20000] [--readers 8]
+    .venv/bin/python benchmarks/bench_control_run_memory.py [--items 20000] [--readers 8] \
+        [--repo /tmp/base]
+
+``--repo`` runs hubd from another checkout (e.g. a ``git worktree`` of older code) with this
+venv, so old and new code are measured the same way.
 
 Only 127.0.0.1 and a Unix socket in a temporary directory are used; it stops by itself (every
 wait has a deadline).
@@ -33,7 +37,6 @@ sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 
-from daemon.demo import MS_AGENT, MS_ORGANIZATION, MS_STORE, demo_config_text  # noqa: E402
 from protos.hub.v1 import control_pb2 as pb  # noqa: E402
 from protos.hub.v1 import control_pb2_grpc  # noqa: E402
 
@@ -42,7 +45,10 @@ TOKEN = "bench-token"
 FINAL_STATES = {"delivered", "dead", "discarded"}
 
 
-def _serve(items: int, pipe: Connection) -> None:
+def _serve(items: int, repo: Path, pipe: Connection) -> None:
+    # the emulators of the checkout under test: they change with its connectors
+    sys.path.insert(0, str(repo))
+    from daemon.demo import MS_AGENT, MS_ORGANIZATION, MS_STORE
     from daemon.sandbox.dataset import build_demo_dataset
     from daemon.sandbox.moysklad_emulator import MoySkladSandbox, run_moysklad_sandbox
     from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
@@ -76,7 +82,11 @@ def figure(label: str, value: str, note: str = "") -> None:
     print(f"{label:<44} {value:>12}   {note}".rstrip(), flush=True)
 
 
-async def bench(items: int, readers: int, onec_url: str, ms_url: str, work: Path) -> None:
+async def bench(
+    items: int, readers: int, onec_url: str, ms_url: str, work: Path, repo: Path
+) -> None:
+    from daemon.demo import demo_config_text
+
     config = work / "config.toml"
     text = demo_config_text(work, onec_url, ms_url)
     text = text.replace('store = "', 'request_weight = 1\nstore = "', 1)
@@ -91,7 +101,7 @@ async def bench(items: int, readers: int, onec_url: str, ms_url: str, work: Path
     log = (work / "hubd.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "daemon", "run", "--config", str(config),
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repo,
     )  # fmt: skip
     options = [("grpc.max_receive_message_length", 1 << 29)]
     try:
@@ -119,7 +129,7 @@ async def bench(items: int, readers: int, onec_url: str, ms_url: str, work: Path
             figure(
                 f"run of {items} items",
                 f"{time.monotonic() - began:.1f} s",
-                f"{detail.run.status}; documents: {states}",
+                f"{detail.run.status} {detail.run.reason[:200]}".strip() + f"; documents: {states}",
             )
             figure(
                 "peak RSS (VmHWM) through the run",
@@ -149,14 +159,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--readers", type=int, default=8)
+    parser.add_argument("--repo", type=Path, default=REPO, help="checkout to run hubd from")
     args = parser.parse_args()
-    parent, child = multiprocessing.Pipe()
-    server = multiprocessing.Process(target=_serve, args=(args.items, child))
+    sys.path.insert(0, str(args.repo))  # hubd's config text comes from the same checkout
+    spawn = multiprocessing.get_context("spawn")
+    parent, child = spawn.Pipe()
+    server = spawn.Process(target=_serve, args=(args.items, args.repo, child))
     server.start()
     try:
         onec_url, ms_url = parent.recv()
         with tempfile.TemporaryDirectory(prefix="bench-run-memory-") as tmp:
-            asyncio.run(bench(args.items, args.readers, onec_url, ms_url, Path(tmp)))
+            asyncio.run(bench(args.items, args.readers, onec_url, ms_url, Path(tmp), args.repo))
     finally:
         parent.send("stop")
         server.join(30)
