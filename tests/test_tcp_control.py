@@ -115,8 +115,9 @@ async def test_unauthenticated_large_requests_are_refused_without_growing_memory
     tmp_path: Path, hub_factory: Any
 ) -> None:
     """Over TLS, 2 rounds of 100 concurrent 4 MB requests without the token, or with a token
-    wrong only in its last byte, all get UNAUTHENTICATED (streams too) and hubd's RSS stays
-    within 40 MiB (unauthenticated 3.9 MB requests used to leave it at 420 MB)."""
+    wrong only in its last byte, all get UNAUTHENTICATED (streams too), not the
+    RESOURCE_EXHAUSTED that reading them would give, and hubd's RSS stays within 40 MiB
+    (unauthenticated 3.9 MB requests used to leave it at 420 MB)."""
     port = _free_port()
     config = write_config(tmp_path / "config.toml", _tls_sections(tmp_path, port))
     hub = await hub_factory(config, tmp_path / "hubd.sock", HUB_GRPC_TOKEN=TOKEN)
