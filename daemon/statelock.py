@@ -18,7 +18,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from daemon.errors import StateLockedError
+from daemon.errors import StateLockedError, StateUnusableError
 
 LOCK_NAME = "hubd.lock"
 
@@ -37,7 +37,8 @@ class StateLock:
 
 
 def acquire_state_lock(state_dir: Path) -> StateLock:
-    """Lock ``state_dir`` for this process, or raise ``StateLockedError`` naming the holder.
+    """Lock ``state_dir`` for this process, or raise ``StateLockedError`` naming the holder
+    (``StateUnusableError`` when the lock file cannot be created, e.g. a read-only directory).
 
     Nothing in the directory but the lock file is touched, and that file is never truncated
     before the lock is ours.
@@ -46,7 +47,9 @@ def acquire_state_lock(state_dir: Path) -> StateLock:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise StateLockedError(f"cannot open the state lock {path}: {exc.strerror or exc}") from exc
+        raise StateUnusableError(
+            f"cannot create the state lock {path}: {exc.strerror or exc}"
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -59,7 +62,7 @@ def acquire_state_lock(state_dir: Path) -> StateLock:
         ) from None
     except OSError as exc:
         os.close(fd)
-        raise StateLockedError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+        raise StateUnusableError(f"cannot lock {path}: {exc.strerror or exc}") from exc
     with contextlib.suppress(OSError):  # the PID is for messages only; the lock is what counts
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
