@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from daemon.errors import PermanentError
@@ -18,6 +20,8 @@ from daemon.onec import odata
 from daemon.onec.connector import OneCConnector
 from daemon.sandbox.dataset import DemoDataset, NormRecord, StockRecord, build_demo_dataset
 from daemon.sandbox.onec_emulator import OneCSandbox
+from daemon.sandbox.onec_params import balance_params
+from daemon.sandbox.onec_wire import parse_query, split_call
 from tests.onec_support import connected
 
 NAMES = ["Магазин Центральный", "Бестужевых", "Контейнер"]
@@ -82,6 +86,29 @@ def test_a_quote_in_a_value_never_goes_in_the_guide_form() -> None:
     query = odata.encode_query(options)
     assert query.count("&") == 1 and unquote(query.split("&")[0]) == f"Condition={evil}"
     assert odata.expressible(odata.eq("Статус", odata.literal("Закрыт")), "guide")
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=24), st.sampled_from(["guide", "doubled", "query"]))
+def test_a_value_in_a_condition_reads_back_unchanged_or_is_refused(
+    value: str, form: odata.ConditionForm
+) -> None:
+    """Whatever a name holds, a form either refuses it or the emulator (reading that form, as
+    the path and query arrive on the wire) gets the same condition and dimensions back."""
+    condition = odata.all_of(
+        odata.eq("Склад_Key", odata.guid(GUID)), odata.eq("Description", odata.literal(value))
+    )
+    if not odata.expressible(condition, form):
+        assert form != "query"
+        return
+    path, options = odata.balance_call("R", condition, form, dimensions="Склад")
+    relative = odata.relative_url(path, [*options, ("$format", "json")])
+    raw_path, _, raw_query = relative.partition("?")
+    name, args, rest = split_call(unquote(raw_path)[len("R/") :])
+    assert (name, rest) == ("Balance", "")
+    server = {"guide": "guide", "doubled": "doubled", "query": "guide"}[form]
+    params = balance_params(args, parse_query(raw_query), form=server, query_options="accept")
+    assert params == {"Condition": condition, "Dimensions": "Склад"}
 
 
 def test_url_limits_count_bytes_and_decoded_segment_characters() -> None:

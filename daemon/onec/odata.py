@@ -107,6 +107,8 @@ ConditionForm = Literal["guide", "doubled", "query"]
 CONDITION_FORMS: tuple[ConditionForm, ...] = ("guide", "doubled", "query")
 # Literals that hold no quote of their own: what the guide's form can carry safely.
 _TYPED = re.compile(r"(?:guid|datetime)'[^']*'")
+_STRING = re.compile(r"'([^']*)'")
+_SYNTAX = frozenset("'(),=/")
 
 
 def expressible(condition: str, form: ConditionForm) -> bool:
@@ -114,14 +116,22 @@ def expressible(condition: str, form: ConditionForm) -> bool:
 
     In a path segment (``guide``, ``doubled``) a ``/`` would start a new segment, encoded or
     not (HTTP.sys decodes ``%2F`` before it splits). The guide's form has no escape, so where
-    the parameter ends is the server's guess: a string literal holding a doubled quote (a
-    name like ``O'Брайен``) could end it early and have the rest read as more parameters.
-    GUID and date literals, and string literals without a quote, leave no doubt."""
+    the parameter ends is the server's guess: a string literal holding a quote (a name like
+    ``O'Брайен``), a parenthesis, a comma or ``=`` could end it early and have the rest read as
+    more parameters. GUID and date literals, and string literals of plain text, leave no doubt
+    (the hub's own conditions hold GUIDs only)."""
     if form == "query":
         return True
     if "/" in condition:
         return False
-    return form == "doubled" or "''" not in _TYPED.sub("", condition)
+    if form == "doubled":
+        return True
+    rest = _TYPED.sub("", condition)
+    # Unescaped, a string literal's quotes look like the parameter's own, so what is inside
+    # one stands outside any quotes to a reader counting them: it must hold no syntax at all.
+    return "''" not in rest and all(
+        not _SYNTAX.intersection(text) for text in _STRING.findall(rest)
+    )
 
 
 def balance_call(
