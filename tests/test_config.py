@@ -64,6 +64,21 @@ BAD_CONFIGS: list[tuple[str, Any, str]] = [
     ("world socket", lambda s: s["control"].update(socket_mode="0666"), "control.socket_mode"),
     ("plaintext tcp", lambda s: s["control"].update(tcp_listen="0.0.0.0:50051"), "control"),
     ("negative", lambda s: s["outbox"].update(max_attempts=0), "outbox.max_attempts"),
+    (
+        "megabyte requests",
+        lambda s: s["control"].update(max_message_bytes=64 * 1024 * 1024),
+        "control.max_message_bytes",
+    ),
+    (
+        "unbounded calls",
+        lambda s: s["control"].update(max_concurrent_rpcs=0),
+        "control.max_concurrent_rpcs",
+    ),
+    (
+        "password in 1C url",
+        lambda s: s["onec"].update(base_url="http://hub:pw@1c.local/ut/odata/standard.odata/"),
+        "onec.base_url",
+    ),
     ("bad enum", lambda s: s["moysklad"].update(match_key="barcode"), "moysklad.match_key"),
     (
         "bad overlap",
