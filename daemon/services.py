@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger(__name__)
 
+_STALE_RETRY_S = 5.0
+
 
 @dataclass(frozen=True)
 class StatusInfo:
@@ -80,6 +82,7 @@ class HubServices:
         )
         self.runs = RunManager(db, lambda: self.hub.config, onec, moysklad, self.outbox.wake)
         self.scheduler = Scheduler(db, config.jobs, self.launch)
+        self._stale_runs: list[RunRecord] = []  # left running by an earlier hubd, disk full
 
     @classmethod
     async def open(cls, hub: Hub, db: Database, stack: AsyncExitStack) -> HubServices:
@@ -90,14 +93,18 @@ class HubServices:
             MoySkladConnector(config.moysklad, secrets.moysklad_token, secrets.moysklad_password)
         )
         # safe only because this process holds the state lock: no live hubd owns these runs
+        stale: list[RunRecord] = []
         try:
             interrupted = await run_store.fail_interrupted_runs(db, time.time())
         except DiskFullError as exc:  # a full disk must not keep hubd from serving
-            _log.error("runs_interrupted_not_recorded", error=str(exc))
+            stale = [r for r in await run_store.last_run_per_job(db) if r.status == "running"]
+            _log.error("runs_interrupted_not_recorded", runs=[r.id for r in stale], error=str(exc))
             interrupted = []
         if interrupted:
             _log.warning("runs_interrupted_by_restart", runs=list(interrupted))
-        return cls(hub, db, onec, moysklad)
+        services = cls(hub, db, onec, moysklad)
+        services._stale_runs = stale
+        return services
 
     @property
     def config(self) -> HubConfig:
@@ -105,10 +112,28 @@ class HubServices:
 
     def start_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[Any]]:
         self.runs.attach(group)
-        return [
+        loops = [
             group.create_task(self.outbox.run(), name="outbox-processor"),
             group.create_task(self.scheduler.run(), name="scheduler"),
         ]
+        if self._stale_runs:
+            loops.append(group.create_task(self._close_stale_runs(), name="interrupted-runs"))
+        return loops
+
+    async def _close_stale_runs(self) -> None:
+        """Mark failed, once the disk takes it, the runs an earlier hubd left running: until
+        then the one-running-run index holds their jobs as if they still ran."""
+        while self._stale_runs:
+            await asyncio.sleep(_STALE_RETRY_S)
+            record = self._stale_runs[0]
+            record.status, record.reason = "failed", run_store.INTERRUPTED
+            record.finished_at = time.time()
+            try:
+                await run_store.update_run(self.db, record)
+            except DiskFullError:
+                continue
+            self._stale_runs.pop(0)
+            _log.warning("runs_interrupted_by_restart", runs=[record.id])
 
     async def stop_runs(self) -> None:
         """Shutdown: refuse new runs, cancel the running ones and wait for them to end."""

@@ -315,8 +315,10 @@ async def test_real_full_filesystem_keeps_hubd_up_and_a_restart_serves(
         await again.wait_socket()
         assert (await again.ctl("status")).code == 0
         assert await _sh("mount", "-o", "remount,size=64m", str(mount)) == 0
-        run = await again.ctl("run", "replenishment", timeout=120)
         await _wait_storage(again, full=False)
+        async with asyncio.timeout(60):  # the run left running by the first hubd is closed
+            while (await again.ctl("run", "replenishment", "--follow", timeout=120)).code:
+                await asyncio.sleep(1)
         entries = await _all_delivered(again, 3)
         assert len(entries) == 3
         assert len(sandboxes.onec.transfer_orders()) == 2 and len(sandboxes.moysklad.orders()) == 1
