@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -27,8 +28,6 @@ REQUEST_TYPES = sorted({m.input_type.full_name: m.input_type for m in SERVICE.me
 
 def _largest(descriptor: Any) -> Message:
     """A request of this type with every field at its largest valid value."""
-    from google.protobuf import message_factory
-
     message = message_factory.GetMessageClass(descriptor)()
     for field in descriptor.fields:
         if field.type == FieldDescriptor.TYPE_STRING:
