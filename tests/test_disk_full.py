@@ -14,20 +14,24 @@ import os
 import time
 import tomllib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from daemon.clock import FakeClock
 from daemon.errors import DiskFullError
 from daemon.logstream import LogHub, LogRecord, read_history
 from daemon.sandbox.dataset import DemoDataset, build_demo_dataset
+from daemon.scheduler import Scheduler
 from daemon.store import Database, open_database
 from daemon.store.outbox import depth_by_state
 from tests.conftest import Sandboxes, base_sections, write_config
 from tests.hostile import Replace, hostile
 from tests.test_outbox_connectors import customer_order, hub, transfer
+from tests.test_scheduler_support import MONDAY, FakeLauncher, history, hourly, running
 
 T0 = 1_800_000_000.0
 
@@ -57,6 +61,42 @@ async def fill_to_the_cap(db: Database) -> int:
     finally:
         await db.conn.execute("PRAGMA foreign_keys=ON")
     raise AssertionError("the cap never refused a write")
+
+
+async def fill_schedule_fires(db: Database) -> None:
+    """Fill the room left in ``schedule_fires``; the cap must already be set."""
+    for n in range(1, 100_000):
+        try:
+            async with db.transaction() as conn:
+                await conn.execute(
+                    "INSERT INTO schedule_fires (job, nominal_at, recorded_at, outcome) "
+                    "VALUES ('zz-filler', ?, 0, 'missed')",
+                    (n,),
+                )
+        except DiskFullError:
+            return
+    raise AssertionError("the cap never refused a write")
+
+
+async def test_the_scheduler_outlives_a_full_disk_and_fires_once_room_returns(
+    db: Database,
+) -> None:
+    """A fire due while its record is refused is not lost and does not end the loop: it runs
+    once, late, when the disk takes the record."""
+    clock = FakeClock(MONDAY + timedelta(hours=5, minutes=30))
+    launcher = FakeLauncher()
+    async with running(Scheduler(db, hourly(), launcher, clock), clock) as loop:
+        await fill_to_the_cap(db)
+        await fill_schedule_fires(db)
+        await clock.run_for(3600)  # 06:00 falls due while full
+        assert launcher.launches == [] and not loop.done()
+        assert db.health.full
+        await db.set_size_limit(0)
+        await clock.run_for(60)
+    assert [trigger for _, trigger, _ in launcher.launches] == ["catch_up"]
+    assert [(when, outcome) for when, outcome, _ in await history(db)] == [
+        ("11-30 06:00", "succeeded")
+    ]
 
 
 @pytest.fixture(scope="module")

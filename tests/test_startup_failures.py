@@ -285,3 +285,17 @@ async def test_open_database_creates_its_files_0600_under_umask_0(tmp_path: Path
         os.umask(old)
     assert modes == dict.fromkeys(names, 0o600)
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+
+
+async def test_a_database_an_older_hub_left_readable_by_others_is_tightened(
+    tmp_path: Path,
+) -> None:
+    """hub.sqlite3 and its WAL made 0644 by an earlier hub lose every access for others (the
+    group keeps reading) at the next open."""
+    path = await make_database(tmp_path, rows=1)
+    path.chmod(0o644)
+    db = await open_database(path)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        await db.close()
