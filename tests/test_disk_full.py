@@ -329,7 +329,8 @@ async def test_real_full_filesystem_keeps_hubd_up_and_a_restart_serves(
     sandboxes: Sandboxes, hub_factory: Any, tmp_path: Path
 ) -> None:
     """On a 2 MiB tmpfs (root only): runs until the disk is full never stop hubd, status says
-    "disk full", a restart while full starts and serves, and growing the filesystem resumes."""
+    "disk full", a restart on a disk full to the last block starts and serves (no room even
+    for the WAL index), and freeing space resumes everything without a restart."""
     mount = tmp_path / "small"
     if not await _mount_tmpfs(mount, "2m"):
         pytest.skip("mounting a tmpfs needs root; the max_database_mb test covers CI")
@@ -351,17 +352,32 @@ async def test_real_full_filesystem_keeps_hubd_up_and_a_restart_serves(
         assert (await _wait_storage(hub_process, full=True))["problem"].startswith("disk full:")
         assert await hub_process.stop() == 0
 
+        # a restart on the full disk: hubd stopped there kept its WAL index, so it opens as usual
         again = await hub_factory(config, sandboxes.socket_path, **sandboxes.env)
         await again.wait_socket()
         assert (await again.ctl("status")).code == 0
-        assert await _sh("mount", "-o", "remount,size=64m", str(mount)) == 0
-        await _wait_storage(again, full=False)
-        async with asyncio.timeout(60):  # the run left running by the first hubd is closed
-            while (await again.ctl("run", "replenishment", "--follow", timeout=120)).code:
+        assert await again.stop() == 0
+
+        # room for a clean stop (WAL and its index removed), then full to the last block: no
+        # room even for a new WAL index, and hubd still starts and serves
+        assert await _sh("mount", "-o", "remount,size=4m", str(mount)) == 0
+        ready = await hub_factory(config, sandboxes.socket_path, **sandboxes.env)
+        await ready.wait_socket()
+        assert await ready.stop() == 0
+        await _sh("dd", "if=/dev/zero", f"of={mount / 'filler'}", "bs=4k")
+        third = await hub_factory(config, sandboxes.socket_path, **sandboxes.env)
+        await third.wait_socket()
+        status = await third.ctl("status")
+        assert status.code == 0 and "0 B free on its disk" in status.out, status.out
+        assert '"database_opened_exclusively"' in third.stdout
+        assert await _sh("rm", str(mount / "filler")) == 0
+        await _wait_storage(third, full=False)
+        async with asyncio.timeout(60):  # a run left running by the first hubd is closed
+            while (await third.ctl("run", "replenishment", "--follow", timeout=120)).code:
                 await asyncio.sleep(1)
-        entries = await _all_delivered(again, 3)
+        entries = await _all_delivered(third, 3)
         assert len(entries) == 3
         assert len(sandboxes.onec.transfer_orders()) == 2 and len(sandboxes.moysklad.orders()) == 1
-        assert await again.stop() == 0
+        assert await third.stop() == 0
     finally:
         await _sh("umount", "-l", str(mount))

@@ -194,6 +194,31 @@ def _prepare_files(path: Path) -> None:
         )
 
 
+def _no_room_for_wal_index(exc: sqlite3.Error) -> bool:
+    """The WAL's shared-memory index (``-shm``) could not be made: a full disk at start."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    return is_disk_full(exc) or name.startswith("SQLITE_IOERR_SHM")
+
+
+async def _connect(path: Path, *, exclusive: bool) -> aiosqlite.Connection:
+    """A connection that has read the schema once (the first read sets up the WAL index).
+
+    ``exclusive``: locking mode EXCLUSIVE before that first read, so SQLite keeps the WAL index
+    in memory and needs no ``-shm`` file; other processes cannot read the database meanwhile.
+    """
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = aiosqlite.Row
+    try:
+        await conn.execute("PRAGMA busy_timeout=5000")
+        if exclusive:
+            await conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        await conn.execute_fetchall("SELECT count(*) FROM sqlite_schema")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
 async def _check_integrity(conn: aiosqlite.Connection, path: Path) -> None:
     """``PRAGMA quick_check``: a damaged database is refused before anything writes to it."""
     rows = list(await conn.execute_fetchall("PRAGMA quick_check(3)"))
@@ -244,13 +269,26 @@ async def open_database(
     marker = identity.read_marker(path)
     _prepare_files(path)
     try:
-        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn = await _connect(path, exclusive=False)
     except sqlite3.Error as exc:
-        raise _translate(path, exc) from None
-    conn.row_factory = aiosqlite.Row
+        if not _no_room_for_wal_index(exc):
+            raise _translate(path, exc) from None
+        try:
+            conn = await _connect(path, exclusive=True)
+        except sqlite3.Error as again:
+            raise _translate(path, again) from None
+        _log.warning(
+            "database_opened_exclusively",
+            path=str(path),
+            reason=str(exc),
+            message=(
+                "the disk is full, so there was no room for the database's shared-memory "
+                "index: hubd keeps it to itself, and other programs (a backup) cannot read it "
+                "until hubd is restarted after space returns"
+            ),
+        )
     try:
         try:
-            await conn.execute("PRAGMA busy_timeout=5000")
             if had_history:
                 await _check_integrity(conn, path)
             await conn.execute("PRAGMA journal_mode=WAL")
