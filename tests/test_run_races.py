@@ -9,6 +9,7 @@ import random
 import sqlite3
 import time
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,16 @@ async def _wait_delivered(db_path: Path, timeout: float = 45) -> list[sqlite3.Ro
             await asyncio.sleep(0.2)
 
 
+def _this_minute_daily() -> str:
+    """A cron (UTC) that fired at the start of the current minute and not again for a day."""
+    now = datetime.now(UTC)
+    return f"{now.minute} {now.hour} * * *"
+
+
 async def _owe_a_fire_at_start(db_path: Path, cron: str, zone: str) -> None:
-    """Record that the job has followed ``cron`` for 90 s, so a per-minute job owes its latest
-    fire (at most 60 s late: trigger "schedule") the moment the scheduler starts."""
+    """Record that the job has followed ``cron`` for 90 s, so it owes the fire at the start of
+    this minute the moment the scheduler starts (trigger "schedule", or "catch_up" if the
+    minute has just turned)."""
     db = await open_database(db_path)
     try:
         now = time.time()
@@ -81,70 +89,97 @@ async def _owe_a_fire_at_start(db_path: Path, cron: str, zone: str) -> None:
         await db.close()
 
 
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+async def _burst(socket_path: Path, n: int, *, wait_for_ready: bool = False) -> list[Any]:
+    """``n`` concurrent TriggerRun calls on 4 channels, and 3 `hubctl run` at the same time:
+    the gRPC replies and hubctl's JSON answers (each {"run": ..., "already_running": ...})."""
+    channels = [_channel(socket_path) for _ in range(4)]
+    try:
+        stubs = [control_pb2_grpc.HubControlStub(c) for c in channels]
+        calls = [
+            stubs[i % 4].TriggerRun(
+                pb.TriggerRunRequest(job="replenishment"),
+                timeout=30,
+                wait_for_ready=wait_for_ready,
+            )
+            for i in range(n)
+        ]
+        replies = asyncio.gather(*calls)
+        if wait_for_ready:  # hubctl needs the socket; the calls above wait for it themselves
+            async with asyncio.timeout(15):
+                while not _exists(socket_path):
+                    await asyncio.sleep(0.005)
+        ctl = await asyncio.gather(
+            *(hubctl(socket_path, "--json", "run", "replenishment") for _ in range(3))
+        )
+        answered = await replies
+    finally:
+        for channel in channels:
+            await channel.close(None)
+    answers: list[Any] = [{"run": r.run.id, "already_running": r.already_running} for r in answered]
+    for result in ctl:
+        assert result.code == 0, result.err
+        reply = json.loads(result.out)
+        answers.append({"run": reply["run"]["id"], "already_running": reply["already_running"]})
+    return answers
+
+
 async def test_a_hundred_triggers_hubctl_and_a_scheduled_fire_start_exactly_one_run(
     sandboxes: Sandboxes, hub_factory: Any, tmp_path: Path
 ) -> None:
-    """100 TriggerRun calls, 3 `hubctl run` and a scheduled fire, all at start-up: one run,
-    every caller gets it, and both systems receive exactly that run's documents once."""
+    """At start-up 100 TriggerRun calls, 3 `hubctl run` and a due scheduled fire; later 100
+    calls and 3 `hubctl run` more: each time one run, which every caller gets, and both
+    systems receive one set of documents in all (the second run finds the first's open)."""
     sections = _sections(sandboxes, tmp_path)
-    sections["jobs.replenishment"]["cron"] = "* * * * *"
+    cron = _this_minute_daily()
+    sections["jobs.replenishment"].update(cron=cron, timezone="UTC")
     sections["control"]["max_concurrent_rpcs"] = 400  # all 103 callers at once, none refused
     write_config(sandboxes.config, sections)
     db_path = tmp_path / "state" / "hub.sqlite3"
-    await _owe_a_fire_at_start(db_path, "* * * * *", "Europe/Moscow")
-    sandboxes.onec.latency_s = 0.3  # the run lasts seconds: every trigger meets it running
+    await _owe_a_fire_at_start(db_path, cron, "UTC")
+    sandboxes.onec.latency_s = 0.3  # a run lasts seconds: every caller of a burst meets it
 
-    channels = [_channel(sandboxes.socket_path) for _ in range(4)]
-    stubs = [control_pb2_grpc.HubControlStub(c) for c in channels]
-    calls = [
-        stubs[i % 4].TriggerRun(
-            pb.TriggerRunRequest(job="replenishment"), timeout=30, wait_for_ready=True
-        )
-        for i in range(100)
-    ]
-    replies = asyncio.gather(*calls)
+    pending = asyncio.ensure_future(_burst(sandboxes.socket_path, 100, wait_for_ready=True))
     hub = await hub_factory(sandboxes.config, sandboxes.socket_path, **sandboxes.env)
-    async with asyncio.timeout(15):
-        while not sandboxes.socket_path.exists():
-            await asyncio.sleep(0.005)
-    ctl = await asyncio.gather(
-        *(hubctl(sandboxes.socket_path, "--json", "run", "replenishment") for _ in range(3))
-    )
-    answered = await replies
-    for channel in channels:
-        await channel.close(None)
-
+    first = await pending
     await _wait_no_running(db_path)
     runs = _rows(db_path, "SELECT id, trigger, status FROM runs")
     assert len(runs) == 1, [dict(r) for r in runs]
     run_id = runs[0]["id"]
-    assert {r.run.id for r in answered} == {run_id}
-    for result in ctl:
-        assert result.code == 0, result.err
-        assert json.loads(result.out)["run"]["id"] == run_id
-    started_by_a_trigger = [r for r in answered if not r.already_running]
+    assert {a["run"] for a in first} == {run_id}
     fires = _rows(
         db_path, "SELECT outcome, run_id, detail FROM schedule_fires WHERE outcome != 'missed'"
     )
     assert len(fires) == 1, [dict(f) for f in fires]
-    if runs[0]["trigger"] == "schedule":
-        assert not started_by_a_trigger and fires[0]["run_id"] == run_id
+    started_by_a_caller = sum(not a["already_running"] for a in first)
+    if runs[0]["trigger"] in ("schedule", "catch_up"):
+        assert started_by_a_caller == 0 and fires[0]["run_id"] == run_id
     else:
-        assert (
-            len(started_by_a_trigger) + sum(not json.loads(r.out)["already_running"] for r in ctl)
-            == 1
-        )
+        assert started_by_a_caller == 1
         assert fires[0]["outcome"] == "skipped" and run_id in fires[0]["detail"]
     assert runs[0]["status"] == "succeeded", hub.stderr[-2000:]
-
     rows = await _wait_delivered(db_path)
     assert {r["run_id"] for r in rows} == {run_id}
+
+    second = await _burst(sandboxes.socket_path, 100)
+    await _wait_no_running(db_path)
+    later = _rows(db_path, "SELECT id, status FROM runs WHERE id != ?", (run_id,))
+    assert len(later) == 1, [dict(r) for r in later]
+    assert {a["run"] for a in second} == {later[0]["id"]}
+    assert sum(not a["already_running"] for a in second) == 1
+    assert later[0]["status"] == "succeeded", hub.stderr[-2000:]
+
+    rows = await _wait_delivered(db_path)
     transfers = sum(r["kind"] == "onec_transfer_order" for r in rows)
     orders = sum(r["kind"] == "moysklad_customer_order" for r in rows)
     assert transfers >= 1 and orders == 1
+    assert {r["run_id"] for r in rows} == {run_id}, "the second run orders nothing again"
     assert len(sandboxes.onec.transfer_orders()) == transfers
     assert len(sandboxes.moysklad.orders()) == orders
-    assert len(_logged(hub, "run_started")) == 1
+    assert len(_logged(hub, "run_started")) == 2
     assert await hub.stop() == 0
 
 
