@@ -314,3 +314,32 @@ async def test_a_running_run_only_the_database_knows_of_is_returned_not_doubled(
     assert json.loads(second.out)["already_running"] is False
     await _wait_no_running(db_path)
     assert await hub.stop() == 0
+
+
+async def test_a_run_cut_off_by_sigkill_is_closed_at_restart_and_does_not_block_the_next(
+    sandboxes: Sandboxes, hub_factory: Any, tmp_path: Path
+) -> None:
+    """hubd killed mid-run leaves the run ``running``; the next hubd closes it as failed
+    "interrupted: hubd stopped" before serving, and a trigger then starts a new run."""
+    hub = await hub_factory(sandboxes.config, sandboxes.socket_path, **sandboxes.env)
+    await hub.wait_socket()
+    sandboxes.onec.latency_s = 30.0
+    started = await hub.ctl("--json", "run", "replenishment")
+    assert started.code == 0, started.err
+    cut = json.loads(started.out)["run"]["id"]
+    hub.proc.kill()
+    await hub.proc.wait()
+    db_path = tmp_path / "state" / "hub.sqlite3"
+    assert _rows(db_path, "SELECT status FROM runs WHERE id = ?", (cut,))[0]["status"] == "running"
+    sandboxes.onec.latency_s = 0.0
+    again = await hub_factory(sandboxes.config, sandboxes.socket_path, **sandboxes.env)
+    await again.wait_socket()
+    (closed,) = _rows(db_path, "SELECT status, reason FROM runs WHERE id = ?", (cut,))
+    assert closed["status"] == "failed"
+    assert closed["reason"].startswith("interrupted: hubd stopped")
+    fresh = await again.ctl("--json", "run", "replenishment")
+    assert fresh.code == 0, fresh.err
+    answer = json.loads(fresh.out)
+    assert answer["already_running"] is False and answer["run"]["id"] != cut
+    await _wait_no_running(db_path)
+    assert await again.stop() == 0
