@@ -27,7 +27,7 @@ from daemon.logstream import LogHub, LogRecord, read_history
 from daemon.sandbox.dataset import DemoDataset, build_demo_dataset
 from daemon.scheduler import Scheduler
 from daemon.store import Database, open_database
-from daemon.store.outbox import depth_by_state
+from daemon.store.outbox import depth_by_state, get_entry
 from tests.conftest import Sandboxes, base_sections, write_config
 from tests.hostile import Replace, hostile
 from tests.test_outbox_connectors import customer_order, hub, transfer
@@ -174,6 +174,8 @@ async def test_a_delivery_whose_record_is_refused_is_looked_up_and_never_sent_tw
     assert len(h.box.transfer_orders()) == 1 and len(h.sandbox.orders()) == 1
     rows = await db.fetchall("SELECT outbox_id, external_id FROM documents WHERE outbox_id > 0")
     assert len(rows) == 2
+    # the passes the full disk broke off did not use up the transfer's attempts
+    assert (await get_entry(db, 1)).attempts == 1
     assert not db.health.full
 
 

@@ -214,11 +214,14 @@ async def reclaim_own(db: Database, owner: str, keep: Sequence[int], now: float)
 
     For a processor whose drain broke off mid-way (its outcome writes refused by a full disk):
     a delivery it made may not be recorded, so the row is ``outcome_unknown`` and its next
-    attempt asks the remote before creating anything. ``keep``: rows still being delivered.
+    attempt asks the remote before creating anything. The attempt is given back: the disk
+    failed, not the remote, and a long spell of full disk must not use up ``max_attempts``.
+    ``keep``: rows still being delivered.
     """
     async with db.transaction() as conn:
         rows = await conn.execute_fetchall(
             "UPDATE outbox SET state = 'outcome_unknown', outcome_unknown = 1, "
+            "attempts = max(attempts - 1, 0), "
             "next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?, "
             "last_error = 'the outcome of an attempt could not be recorded (disk full); "
             "looked up before any resend' "
