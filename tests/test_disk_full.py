@@ -309,6 +309,8 @@ async def test_hubd_at_its_database_cap_keeps_serving_and_delivers_once_when_rai
         assert len(sandboxes.onec.transfer_orders()) == 2 and len(sandboxes.moysklad.orders()) == 1
         assert sorted(e["kind"] for e in entries).count("onec_transfer_order") == 2
         await _wait_storage(hub_process, full=False)
+        human = await hub_process.ctl("status")
+        assert "  storage:  database " in human.out and "disk full" not in human.out, human.out
         assert await hub_process.stop() == 0
     events = [
         json.loads(line)["event"] for line in hub_process.stdout.splitlines() if line[:1] == "{"
