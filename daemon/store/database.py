@@ -157,10 +157,10 @@ def _translate(path: Path, exc: sqlite3.Error) -> StoreError:
 
 
 def _prepare_files(path: Path) -> None:
-    """The state directory exists and is writable; the database file exists, 0600 if new.
-
-    A directory or file others could read is tightened (group keeps read access if it had it).
-    """
+    """The state directory exists (0700 if new) and is writable; the database file exists,
+    0600 if new. A database, WAL or shared-memory file that others could read or the group
+    could write (made by an earlier hub under a loose umask) is tightened; the group keeps
+    read access if it had it."""
     directory = path.parent
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
