@@ -174,11 +174,16 @@ class Hub:
                 await server.stop(grace_s=min(5.0, budget / 3))
                 for task in loops:
                     task.cancel()
-                await asyncio.gather(*loops, return_exceptions=True)
+                # asyncio.wait, not gather: when the budget ends, waiting stops at once
+                # instead of waiting for tasks that are slow to end (a write stuck on a lock)
+                await asyncio.wait(loops)
         except TimeoutError:
             _log.error("hub_shutdown_timed_out", budget_s=budget)
+            self.log_hub.close_followers()
+            services.close_watchers()
             for task in loops:
                 task.cancel()
+            await server.stop(grace_s=0)
 
     async def _watchdog(self, db: Database) -> None:
         """Ping systemd's watchdog while the daemon can still do its work: a database that

@@ -202,7 +202,8 @@ class RunManager:
         tasks = [a.task for a in self._active.values() if a.task is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:  # not gather: a caller's timeout must end this wait, not wait for the runs
+            await asyncio.wait(tasks)
 
     # ---- watching -----------------------------------------------------------------------
 

@@ -191,7 +191,7 @@ async def test_watchdog_is_withheld_while_the_database_is_stuck(
             trigger = asyncio.ensure_future(
                 api.TriggerRun(pb.TriggerRunRequest(job="replenishment", dry_run=True), timeout=20)
             )
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(4.0)  # below SQLite's 5 s busy timeout: the write then succeeds
             blocker.execute("ROLLBACK")
             freed_at = time.monotonic()
             await trigger  # the held-up write goes through once the lock is gone
@@ -199,8 +199,9 @@ async def test_watchdog_is_withheld_while_the_database_is_stuck(
     finally:
         blocker.close()
         receiver.cancel()
-    during = [t for t in pings if stuck_at + 0.8 < t < freed_at]
-    assert during == [], f"{len(during)} pings while the database was stuck"
+    # the trigger's write reaches the database within the first second, even on a busy machine
+    during = [round(t - stuck_at, 2) for t in pings if stuck_at + 1.5 < t < freed_at]
+    assert during == [], f"pings at {during} s while the database was stuck"
     assert any(t > freed_at for t in pings), "pings resume once the database answers"
     assert await hub.stop() == 0
     events = [json.loads(line)["event"] for line in hub.stdout.splitlines() if line.startswith("{")]

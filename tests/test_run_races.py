@@ -343,3 +343,37 @@ async def test_a_run_cut_off_by_sigkill_is_closed_at_restart_and_does_not_block_
     assert answer["already_running"] is False and answer["run"]["id"] != cut
     await _wait_no_running(db_path)
     assert await again.stop() == 0
+
+
+async def test_a_shutdown_held_past_its_budget_says_so(
+    sandboxes: Sandboxes, hub_factory: Any, tmp_path: Path
+) -> None:
+    """SIGTERM mid-run while another process holds the database's write lock: recording the
+    stopped run cannot finish within a 1 s budget, so hub_shutdown_timed_out is logged; once
+    the lock is gone hubd records the run failed "stopped by shutdown" and exits."""
+    sections = _sections(sandboxes, tmp_path)
+    sections["hub"]["shutdown_timeout_s"] = 1
+    write_config(sandboxes.config, sections)
+    hub = await hub_factory(sandboxes.config, sandboxes.socket_path, **sandboxes.env)
+    await hub.wait_socket()
+    sandboxes.onec.latency_s = 30.0
+    started = await hub.ctl("--json", "run", "replenishment")
+    assert started.code == 0, started.err
+    run_id = json.loads(started.out)["run"]["id"]
+    db_path = tmp_path / "state" / "hub.sqlite3"
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        hub.proc.terminate()
+        try:
+            async with asyncio.timeout(4):  # SQLite waits 5 s for a lock; the budget is 1 s
+                while not _logged(hub, "hub_shutdown_timed_out"):
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(hub.stdout[-4000:]) from None
+    finally:
+        blocker.close()
+    assert await hub.stop(timeout=15) == 0, hub.stderr[-2000:]
+    assert _logged(hub, "hub_shutdown_timed_out")[0]["budget_s"] == 1
+    (run,) = _rows(db_path, "SELECT status, reason FROM runs WHERE id = ?", (run_id,))
+    assert (run["status"], run["reason"]) == ("failed", "stopped by shutdown")
