@@ -12,6 +12,17 @@ so the same measurement can be taken on the code before and after a change:
   exceeded (``hub_shutdown_timed_out``).
 
     .venv/bin/python benchmarks/bench_lifecycle.py [--repo DIR] [--only triggers,sigterm,...]
+
+The emulators are imported from ``sys.path``: to measure an older checkout against its own
+emulators, copy this file into it and run it there, e.g.
+``git archive e1b3ccf | tar -x -C /tmp/before; cp benchmarks/bench_lifecycle.py
+/tmp/before/benchmarks/; cd /tmp/before; PYTHONPATH=/tmp/before /work/main/.venv/bin/python
+benchmarks/bench_lifecycle.py --repo /tmp/before``.
+
+Measured on 2026-12-03 (2 shared cores), e1b3ccf → after issue 19:
+triggers 28 runs / 84 outbox rows → 1 run / 3 rows; deadlines 5 of 10 runs left running → 0
+of 5; watchers 67 of 200 and 1 of 30 without "finished" → 0 and 0; sigterm 31.1 s, the run
+'succeeded' after shutdown began → 0.1 s, the run failed "stopped by shutdown".
 """
 
 from __future__ import annotations
