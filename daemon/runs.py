@@ -1,9 +1,10 @@
 """Runs of jobs: single-flight per job, phases and counts, progress for watchers.
 
-A run of the ``replenishment`` job gathers its inputs, plans, and stores the run, its plan and
-one outbox row per document in ONE transaction, then wakes the outbox processor. A dry run
-stores the plan and touches no outbox. A failed read fails the run with a clear reason and
-enqueues nothing. Manual triggers and scheduled fires share the single-flight rule here.
+A run of the ``replenishment`` job (its work is ``daemon.run_job``) gathers its inputs, plans,
+and stores its plan and one outbox row per document in ONE transaction, then wakes the outbox
+processor. A dry run stores the plan and touches no outbox. A failed read fails the run with a
+clear reason and enqueues nothing. Manual triggers and scheduled fires share the single-flight
+rule here.
 
 Single flight holds twice over. In memory, a trigger claims the job and creates the run's task
 before its first ``await``, so concurrent triggers find the claim and get the running run. In
@@ -17,29 +18,20 @@ its plan ends ``failed`` with reason "stopped by shutdown", one that had stays a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 import structlog
 
 from daemon.config import HubConfig
 from daemon.errors import DrainingError, HubError, NotFoundError, RunFailedError
-from daemon.gcpause import collector_paused
-from daemon.model import CustomerOrderDocument, Document, TransferOrderDocument
-from daemon.plan import DECISIONS, NO_NORM, OK, TRANSFER, ReplenishmentPlan
-from daemon.planner import PlanningInputs, plan_replenishment, with_products
 from daemon.ports import MoySkladPort, OneCPort
-from daemon.replenishment import (
-    build_documents,
-    gather_inputs,
-    plan_item_rows,
-)
+from daemon.run_job import ReplenishmentJob, run_to_end
 from daemon.store import Database
 from daemon.store import outbox as outbox_store
 from daemon.store import runs as run_store
@@ -49,8 +41,6 @@ _log = structlog.get_logger(__name__)
 
 FINAL_DOCUMENT_STATES = {"delivered", "dead", "discarded"}
 STOPPED_BY_SHUTDOWN = "stopped by shutdown"
-_T = TypeVar("_T")
-UNDELIVERED_STATES = ("pending", "in_flight", "retry_wait", "outcome_unknown")
 
 
 @dataclass(frozen=True)
@@ -93,20 +83,6 @@ def new_run_id(job: str, now: float) -> str:
     return f"{stamp}-{job}-{secrets.token_hex(2)}"
 
 
-async def undelivered_documents(db: Database) -> list[Document]:
-    marks = ",".join("?" for _ in UNDELIVERED_STATES)
-    rows = await db.fetchall(
-        f"SELECT kind, payload_json FROM outbox WHERE state IN ({marks})", UNDELIVERED_STATES
-    )
-    docs: list[Document] = []
-    for kind, payload in rows:
-        if kind == "onec_transfer_order":
-            docs.append(TransferOrderDocument.model_validate_json(payload))
-        else:
-            docs.append(CustomerOrderDocument.model_validate_json(payload))
-    return docs
-
-
 def delivery_summary(states: list[str]) -> str:
     if not states:
         return "none"
@@ -130,10 +106,8 @@ class RunManager:
     ) -> None:
         self._db = db
         self._config = config
-        self._onec = onec
-        self._moysklad = moysklad
-        self._wake_outbox = wake_outbox
         self._clock = clock
+        self._job = ReplenishmentJob(db, config, onec, moysklad, wake_outbox, clock)
         self._active: dict[str, _Active] = {}
         self._unsaved: dict[str, RunRecord] = {}  # ended runs whose final row write failed
         self._group: asyncio.TaskGroup | None = None
@@ -338,8 +312,15 @@ class RunManager:
                 return
             active.stored.set()
             _log.info("run_started", trigger=record.trigger, dry_run=record.dry_run)
+
+            async def progress(phase: str, counts: dict[str, int]) -> None:
+                await self._phase(active, phase, counts)
+
+            def committed() -> None:
+                active.committed = True
+
             try:
-                await self._replenish(active)
+                await self._job.run(record, progress, committed)
                 record.status = "succeeded"
             except HubError as exc:
                 record.status = "failed"
@@ -392,7 +373,7 @@ class RunManager:
             await self._phase(active, "", {})
             record.finished_at = self._clock()
             try:
-                await _complete(run_store.update_run(self._db, record))
+                await run_to_end(run_store.update_run(self._db, record))
             except HubError as exc:
                 self._unsaved[record.id] = record
                 _log.error("run_final_state_not_saved", error=str(exc))
@@ -400,114 +381,6 @@ class RunManager:
         finally:
             self._emit(active, RunEvent("finished", self._snapshot(active), message=record.reason))
             self._release(active)
-
-    async def _replenish(self, active: _Active) -> None:
-        record = active.record
-        config = self._config()
-
-        async def progress(phase: str, counts: dict[str, int]) -> None:
-            await self._phase(active, phase, counts)
-
-        undelivered = await undelivered_documents(self._db)
-        early: list[tuple[ReplenishmentPlan, list[run_store.PlanItemRow]]] = []
-
-        async def plan_early(planning: PlanningInputs) -> None:
-            # While МойСклад's products are read: plan without them, and render the rows of
-            # the decisions products cannot change.
-            _log.info("run_planning_before_products")
-            early.append(
-                await asyncio.to_thread(_plan_and_rows, planning, record.id, _WITHOUT_PRODUCTS)
-            )
-
-        gathered = await gather_inputs(
-            config, self._onec, self._moysklad, undelivered, progress, early=plan_early
-        )
-        with collector_paused():
-            if early:
-                plan, rows = await asyncio.to_thread(
-                    _add_products, *early[0], gathered.planning, record.id
-                )
-            else:
-                plan, rows = await asyncio.to_thread(_plan_and_rows, gathered.planning, record.id)
-            early.clear()  # the early plan is not needed past here
-            counts = plan.counts()
-            zone = (
-                config.jobs[record.job].timezone if record.job in config.jobs else "Europe/Moscow"
-            )
-            documents = (
-                []
-                if record.dry_run
-                else build_documents(plan, record.id, datetime.now(UTC), config, zone)
-            )
-            counts["documents"] = len(documents)
-            await self._phase(active, "store plan", counts)
-            await _complete(self._store(active, rows, documents))
-            del plan, rows  # freed by reference counting while the collector still sleeps
-        if documents:
-            self._wake_outbox()
-        _log.info(
-            "run_planned",
-            below_min=counts.get("below_min", 0),
-            documents=len(documents),
-            unmapped=counts.get("unmapped", 0),
-        )
-
-    async def _store(
-        self, active: _Active, rows: list[run_store.PlanItemRow], documents: list[Document]
-    ) -> None:
-        """The plan, the outbox rows and the status 'succeeded', in one transaction."""
-        record = active.record
-        record.status = "succeeded"
-        try:
-            async with self._db.transaction() as conn:
-                await run_store.insert_plan_item_rows(conn, rows)
-                if documents:
-                    await outbox_store.enqueue(conn, record.id, documents, self._clock())
-                await run_store.save_progress(conn, record)
-        except BaseException:
-            record.status = "running"
-            raise
-        active.committed = True
-
-
-async def _complete(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Await ``coro`` to its end even if this task is cancelled meanwhile, then re-raise the
-    cancellation: a transaction may be committing on aiosqlite's thread, and whether it did
-    decides what the run's status says."""
-    task = asyncio.ensure_future(coro)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):  # its own failure loses to the cancellation
-            await task
-        raise
-
-
-#: The decisions that do not depend on МойСклад products, and those that do.
-_WITHOUT_PRODUCTS = (NO_NORM, OK, TRANSFER)
-_WITH_PRODUCTS = tuple(code for code in DECISIONS if code not in _WITHOUT_PRODUCTS)
-
-
-def _plan_and_rows(
-    planning: PlanningInputs, run_id: str, decisions: tuple[str, ...] = DECISIONS
-) -> tuple[ReplenishmentPlan, list[run_store.PlanItemRow]]:
-    """Plan, and render the plan items whose decision is in ``decisions``: CPU work for a
-    worker thread, with the collector paused (already so when ``_replenish`` paused it)."""
-    with collector_paused():
-        plan = plan_replenishment(planning)
-        return plan, plan_item_rows(plan, run_id, decisions)
-
-
-def _add_products(
-    early: ReplenishmentPlan,
-    rows: list[run_store.PlanItemRow],
-    planning: PlanningInputs,
-    run_id: str,
-) -> tuple[ReplenishmentPlan, list[run_store.PlanItemRow]]:
-    """The plan of ``planning`` from the one made before its products were read, and every row:
-    those rendered then and those of the decisions the products settle."""
-    plan = with_products(early, planning.products)
-    return plan, rows + plan_item_rows(plan, run_id, _WITH_PRODUCTS)
 
 
 def _first_leaf(group: BaseExceptionGroup[HubError]) -> HubError:
