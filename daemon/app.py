@@ -117,9 +117,7 @@ class Hub:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         # before anything opens, migrates or "recovers" the database another hubd may be using
         state_lock = acquire_state_lock(self.state_dir)
-        db = await open_database(
-            self.database_path, max_size_mb=self.config.hub.max_database_mb
-        )
+        db = await open_database(self.database_path, max_size_mb=self.config.hub.max_database_mb)
         try:
             async with AsyncExitStack() as stack:
                 services = await HubServices.open(self, db, stack)
