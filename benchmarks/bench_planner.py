@@ -6,10 +6,10 @@ their minimum, donors hold stock (some kept at their own minimum), some norms na
 and most items map to a МойСклад product. The target is 0.5 s on the project's machine.
 
 The figure is the call as a run makes it: ``daemon.run_job`` plans in a worker thread with the
-cyclic garbage collector paused (the plan holds no reference cycles, and every full collection would scan
-the whole heap of inputs), so the timed call pauses it too; the time with the collector running
-is printed for information. The plan is freed after the clock stops, as a run keeps it until it
-is stored.
+cyclic garbage collector paused (the plan holds no reference cycles, and every full collection
+would scan the whole heap of inputs), so the timed call pauses it too; the time with the
+collector running is printed for information. The plan is freed after the clock stops, as a run
+keeps it until it is stored.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ def _roots(path: Path) -> set[str]:
 
 
 def test_run_logic_imports_no_io_library() -> None:
-    """runs.py, run_job.py and replenishment.py reach 1C, МойСклад and SQLite only through the hub's own
-    interfaces (ports, store functions), never through aiohttp, grpc or aiosqlite."""
+    """runs.py, run_job.py and replenishment.py reach 1C, МойСклад and SQLite only through the
+    hub's own interfaces (ports, store functions), never through aiohttp, grpc or aiosqlite."""
     for name in ("runs.py", "run_job.py", "replenishment.py", "planner.py", "ports.py", "model.py"):
         roots = _roots(REPO / "daemon" / name)
         assert not roots & set(IO_ROOTS), (name, roots & set(IO_ROOTS))
