@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -126,4 +127,26 @@ async def test_plan_items_keep_their_rows_and_are_found_by_run_after_0004(tmp_pa
         )
         assert any("plan_items_by_run" in str(row[-1]) for row in plan), [r[-1] for r in plan]
     finally:
+        await db.close()
+
+
+async def test_a_write_lock_held_by_another_process_is_a_clear_store_error(
+    tmp_path: Path,
+) -> None:
+    """A write that waits out busy_timeout behind another process's lock fails as "database
+    busy" naming the file (not an internal error), and writes work again once it is released."""
+    db = await open_database(tmp_path / "hub.sqlite3")
+    await db.conn.execute("PRAGMA busy_timeout=100")  # the test need not wait 5 s
+    other = sqlite3.connect(tmp_path / "hub.sqlite3")
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreError, match=r"database busy: .*hub\.sqlite3"):
+            async with db.transaction() as conn:
+                await conn.execute("INSERT INTO job_state (job, updated_at) VALUES ('a', 0)")
+        other.rollback()
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO job_state (job, updated_at) VALUES ('a', 0)")
+        assert await db.fetchone("SELECT job FROM job_state") is not None
+    finally:
+        other.close()
         await db.close()

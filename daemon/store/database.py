@@ -57,6 +57,20 @@ def migrations() -> list[tuple[int, str, str]]:
 LATEST_VERSION = len(migrations())
 
 
+#: How long a write waits for another process's lock before it fails ("database busy").
+BUSY_TIMEOUT_MS = 5000
+
+
+def is_locked(exc: BaseException) -> bool:
+    """True for SQLite's "database is locked" (SQLITE_BUSY) once busy_timeout ran out."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
+    return "database is locked" in str(exc)
+
+
 class Database:
     """One aiosqlite connection used by the whole daemon.
 
@@ -86,6 +100,13 @@ class Database:
                 await asyncio.shield(self._rollback())
                 if is_disk_full(exc):
                     raise DiskFullError(self.health.refused()) from exc
+                if is_locked(exc):
+                    # another process (a backup tool, an sqlite3 shell) held a write lock past
+                    # busy_timeout: this write fails with a sentence, not an "internal error"
+                    raise StoreError(
+                        f"database busy: another process holds a write lock on {self.path} "
+                        f"(waited {BUSY_TIMEOUT_MS / 1000:g} s); close it and try again"
+                    ) from exc
                 raise
             self.health.committed()
 
@@ -209,7 +230,7 @@ async def _connect(path: Path, *, exclusive: bool) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     conn.row_factory = aiosqlite.Row
     try:
-        await conn.execute("PRAGMA busy_timeout=5000")
+        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if exclusive:
             await conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         await conn.execute_fetchall("SELECT count(*) FROM sqlite_schema")
