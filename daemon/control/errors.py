@@ -14,6 +14,7 @@ from daemon.errors import (
     BadArgumentError,
     ConfigError,
     ConnectorError,
+    DiskFullError,
     DrainingError,
     HubError,
     InvalidStateError,
@@ -37,6 +38,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (RunFailedError, grpc.StatusCode.ABORTED),
     (ConnectorError, grpc.StatusCode.UNAVAILABLE),
+    # gRPC's own words for RESOURCE_EXHAUSTED include "the entire file system is out of space"
+    (DiskFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreError, grpc.StatusCode.INTERNAL),
 ]
 
