@@ -45,7 +45,7 @@ from daemon.model import (
     TransferOrderDocument,
     deterministic_uuid,
 )
-from daemon.outbox import OutboxProcessor
+from daemon.outbox.processor import OutboxProcessor
 from daemon.store import Database, open_database
 from daemon.store.outbox import enqueue
 

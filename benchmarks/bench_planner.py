@@ -5,11 +5,11 @@ seed and looks like a real base: most items have a norm on the shop, a third of 
 their minimum, donors hold stock (some kept at their own minimum), some norms name a packaging,
 and most items map to a МойСклад product. The target is 0.5 s on the project's machine.
 
-The figure is the call as a run makes it: ``daemon.run_job`` plans in a worker thread with the
-cyclic garbage collector paused (the plan holds no reference cycles, and every full collection
-would scan the whole heap of inputs), so the timed call pauses it too; the time with the
-collector running is printed for information. The plan is freed after the clock stops, as a run
-keeps it until it is stored.
+The figure is the call as a run makes it: ``daemon.replenishment.run_job`` plans in a worker
+thread with the cyclic garbage collector paused (the plan holds no reference cycles, and every
+full collection would scan the whole heap of inputs), so the timed call pauses it too; the time
+with the collector running is printed for information. The plan is freed after the clock stops,
+as a run keeps it until it is stored.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon.model import Item, Norm, Product, Warehouse
-from daemon.planner import PlanningInputs, TargetInputs, plan_replenishment
+from daemon.replenishment.planner import PlanningInputs, TargetInputs, plan_replenishment
 
 TARGET_SECONDS = 0.5
 

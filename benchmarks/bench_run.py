@@ -40,7 +40,7 @@ from daemon.config import load_config
 from daemon.demo import MS_AGENT, MS_ORGANIZATION, MS_STORE, demo_config_text
 from daemon.moysklad.connector import MoySkladConnector
 from daemon.onec.connector import OneCConnector
-from daemon.replenishment import gather_inputs
+from daemon.replenishment.inputs import gather_inputs
 from protos.hub.v1 import control_pb2 as pb
 from protos.hub.v1 import control_pb2_grpc
 

@@ -38,9 +38,9 @@ from daemon.control.server import ControlServer
 from daemon.control.service import HubControlService
 from daemon.errors import ConfigError, HubError
 from daemon.hardening import preflight
-from daemon.logs import SecretRedactor, configure_logging
-from daemon.logstream import LogHub
-from daemon.sdnotify import DatabaseProbe, Notifier, watchdog_interval
+from daemon.observability.logs import SecretRedactor, configure_logging
+from daemon.observability.logstream import LogHub
+from daemon.observability.sdnotify import DatabaseProbe, Notifier, watchdog_interval
 from daemon.services import HubServices
 from daemon.statelock import acquire_state_lock
 from daemon.store import Database, open_database

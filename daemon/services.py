@@ -21,15 +21,15 @@ import structlog
 from daemon import __version__
 from daemon.config import HubConfig
 from daemon.errors import DiskFullError, NotFoundError
-from daemon.logstream import Follower, LogRecord
 from daemon.model import CustomerOrderDocument, TransferOrderDocument
 from daemon.moysklad.connector import MoySkladConnector
+from daemon.observability.logstream import Follower, LogRecord
 from daemon.onec.connector import OneCConnector
-from daemon.outbox import OutboxProcessor
+from daemon.outbox.processor import OutboxProcessor
 from daemon.ports import CheckResult
-from daemon.replenishment import describe_document
-from daemon.runs import Launch, RunManager
-from daemon.scheduler import Scheduler
+from daemon.replenishment.inputs import describe_document
+from daemon.replenishment.runs import Launch, RunManager
+from daemon.scheduling.scheduler import Scheduler
 from daemon.store import Database
 from daemon.store import outbox as outbox_store
 from daemon.store import runs as run_store

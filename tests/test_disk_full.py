@@ -21,11 +21,11 @@ from urllib.parse import quote
 
 import pytest
 
-from daemon.clock import FakeClock
 from daemon.errors import DiskFullError
-from daemon.logstream import LogHub, LogRecord, read_history
+from daemon.observability.logstream import LogHub, LogRecord, read_history
 from daemon.sandbox.dataset import DemoDataset, build_demo_dataset
-from daemon.scheduler import Scheduler
+from daemon.scheduling.clock import FakeClock
+from daemon.scheduling.scheduler import Scheduler
 from daemon.store import Database, open_database
 from daemon.store.outbox import depth_by_state, get_entry
 from tests.conftest import Sandboxes, base_sections, write_config

@@ -10,7 +10,7 @@ from croniter import croniter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.firetimes import FireSchedule, to_unix
+from daemon.scheduling.firetimes import FireSchedule, to_unix
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:

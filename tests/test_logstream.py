@@ -9,8 +9,8 @@ from pathlib import Path
 
 import structlog
 
-from daemon.logs import REDACTED, SecretRedactor, configure_logging
-from daemon.logstream import LogHub, LogRecord, read_history
+from daemon.observability.logs import REDACTED, SecretRedactor, configure_logging
+from daemon.observability.logstream import LogHub, LogRecord, read_history
 from daemon.store import open_database
 
 

@@ -22,7 +22,7 @@ from daemon.model import (
 )
 from daemon.onec.connector import OneCConnector
 from daemon.onec.settings import OneCSettings
-from daemon.outbox import OutboxProcessor
+from daemon.outbox.processor import OutboxProcessor
 from daemon.sandbox.dataset import DemoDataset, build_demo_dataset
 from daemon.sandbox.moysklad_emulator import MoySkladSandbox
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox

@@ -15,7 +15,6 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from daemon.backoff import backoff_ceiling
 from daemon.config import OutboxSection
 from daemon.errors import (
     CircuitOpenError,
@@ -31,7 +30,8 @@ from daemon.model import (
     TransferOrderDocument,
     deterministic_uuid,
 )
-from daemon.outbox import OutboxProcessor
+from daemon.outbox.backoff import backoff_ceiling
+from daemon.outbox.processor import OutboxProcessor
 from daemon.store import Database, open_database
 from daemon.store.outbox import (
     enqueue,

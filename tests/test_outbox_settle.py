@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.model import TransferLine, TransferOrderDocument, deterministic_uuid
-from daemon.outbox_settle import OutcomeWriter, finish_write
+from daemon.outbox.settle import OutcomeWriter, finish_write
 from daemon.store import Database, open_database
 from daemon.store.outbox import KIND_ONEC, enqueue, get_entry
 from daemon.store.outbox_leases import ClaimRequest, Delivered, Retry, claim_due

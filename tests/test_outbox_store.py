@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from daemon.backoff import backoff_ceiling, full_jitter_delay
 from daemon.errors import InvalidStateError, NotFoundError, StoreError
 from daemon.model import (
     CustomerOrderDocument,
@@ -20,6 +19,7 @@ from daemon.model import (
     TransferOrderDocument,
     deterministic_uuid,
 )
+from daemon.outbox.backoff import backoff_ceiling, full_jitter_delay
 from daemon.store import Database, open_database
 from daemon.store.outbox import (
     KIND_MOYSKLAD,

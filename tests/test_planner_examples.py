@@ -10,8 +10,8 @@ import pytest
 
 from daemon.errors import RunFailedError
 from daemon.model import EMPTY_GUID, Item, Norm, Product, Warehouse
-from daemon.plan import ItemDecision, ReplenishmentPlan, TargetPlan
-from daemon.planner import PlanningInputs, TargetInputs, plan_replenishment
+from daemon.replenishment.plan import ItemDecision, ReplenishmentPlan, TargetPlan
+from daemon.replenishment.planner import PlanningInputs, TargetInputs, plan_replenishment
 
 D = Decimal
 SHOP = Warehouse(key="wh-shop", name="Магазин")

@@ -20,8 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.model import EMPTY_GUID, Item, Norm, Product, Warehouse
-from daemon.plan import ItemDecision, ReplenishmentPlan, TargetPlan
-from daemon.planner import PlanningInputs, TargetInputs, plan_replenishment, with_products
+from daemon.replenishment.plan import ItemDecision, ReplenishmentPlan, TargetPlan
+from daemon.replenishment.planner import (
+    PlanningInputs,
+    TargetInputs,
+    plan_replenishment,
+    with_products,
+)
 
 D = Decimal
 ZERO = D(0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import daemon
 
-PLANNER_MODULES = ("plan.py", "planner.py", "planner_reasons.py")
+PLANNER_MODULES = ("replenishment/plan.py", "replenishment/planner.py", "replenishment/reasons.py")
 ALLOWED_IMPORTS = {
     "__future__",
     "collections.abc",
@@ -19,8 +19,8 @@ ALLOWED_IMPORTS = {
     "typing",
     "daemon.errors",
     "daemon.model",
-    "daemon.plan",
-    "daemon.planner_reasons",
+    "daemon.replenishment.plan",
+    "daemon.replenishment.reasons",
 }
 FORBIDDEN_ROOTS = ("aiohttp", "grpc", "aiosqlite", "sqlite3", "structlog", "asyncio")
 
@@ -36,7 +36,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_planner_modules_import_only_pure_modules() -> None:
-    """plan.py, planner.py and planner_reasons.py import only the standard library's pure
+    """replenishment/plan.py, planner.py and reasons.py import only the standard library's pure
     modules and the hub's domain types."""
     package = Path(daemon.__file__).parent
     for name in PLANNER_MODULES:
@@ -45,9 +45,9 @@ def test_planner_modules_import_only_pure_modules() -> None:
 
 
 def test_importing_the_planner_loads_no_io_library() -> None:
-    """A fresh interpreter that imports daemon.planner has no I/O library in sys.modules."""
+    """A fresh interpreter that imports daemon.replenishment.planner has no I/O library loaded."""
     probe = (
-        "import sys, daemon.planner;"
+        "import sys, daemon.replenishment.planner;"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN_ROOTS!r}))"
     )
     result = subprocess.run(

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from daemon.config import load_config
 from daemon.moysklad.connector import MoySkladConnector
 from daemon.onec.connector import OneCConnector
-from daemon.runs import RunManager
+from daemon.replenishment.runs import RunManager
 from daemon.sandbox.dataset import build_demo_dataset
 from daemon.sandbox.moysklad_emulator import MoySkladSandbox, run_moysklad_sandbox
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox

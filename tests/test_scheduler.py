@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.clock import FakeClock
 from daemon.config import JobSection
 from daemon.errors import ConfigError, NotFoundError
-from daemon.scheduler import Scheduler
+from daemon.scheduling.clock import FakeClock
+from daemon.scheduling.scheduler import Scheduler
 from daemon.store import Database, open_database, schedules
 from tests.test_scheduler_support import MONDAY, FakeLauncher, history, hourly, running
 

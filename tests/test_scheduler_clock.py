@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.clock import Clock, FakeClock, SystemClock
+from daemon.scheduling.clock import Clock, FakeClock, SystemClock
 
 START = datetime(2026, 11, 30, 6, tzinfo=UTC)
 

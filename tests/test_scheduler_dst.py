@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.clock import FakeClock
 from daemon.config import JobSection
-from daemon.scheduler import Scheduler
+from daemon.scheduling.clock import FakeClock
+from daemon.scheduling.scheduler import Scheduler
 from daemon.store import Database, open_database, schedules
 from tests.test_scheduler_support import MONDAY, FakeLauncher, history, hourly, running
 

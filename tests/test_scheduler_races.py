@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from daemon.clock import FakeClock
 from daemon.config import load_config
 from daemon.moysklad.connector import MoySkladConnector
 from daemon.onec.connector import OneCConnector
-from daemon.runs import Launch, RunManager
+from daemon.replenishment.runs import Launch, RunManager
 from daemon.sandbox.dataset import build_demo_dataset
 from daemon.sandbox.moysklad_emulator import MoySkladSandbox, run_moysklad_sandbox
 from daemon.sandbox.onec_emulator import OneCSandbox, run_onec_sandbox
-from daemon.scheduler import Scheduler
+from daemon.scheduling.clock import FakeClock
+from daemon.scheduling.scheduler import Scheduler
 from daemon.store import open_database
 from tests.conftest import base_sections, write_config
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.clock import FakeClock
 from daemon.config import JobSection
-from daemon.scheduler import Scheduler
+from daemon.scheduling.clock import FakeClock
+from daemon.scheduling.scheduler import Scheduler
 from daemon.store import Database, open_database, schedules
 from tests.test_scheduler_support import MONDAY, FakeLauncher, history, running
 

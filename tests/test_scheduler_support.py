@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from daemon.clock import FakeClock
 from daemon.config import JobSection
-from daemon.scheduler import Scheduler
+from daemon.scheduling.clock import FakeClock
+from daemon.scheduling.scheduler import Scheduler
 from daemon.store import Database, schedules
 
 MONDAY = datetime(2026, 11, 30, tzinfo=UTC)  # 09:00 Moscow is 06:00 UTC

@@ -39,8 +39,8 @@ from daemon.onec.metadata import (
     verify_published,
 )
 from daemon.onec.transfers import OrderContext, order_body
-from daemon.outbox import OutboxProcessor
-from daemon.runs import RunManager
+from daemon.outbox.processor import OutboxProcessor
+from daemon.replenishment.runs import RunManager
 from daemon.sandbox.dataset import (
     DemoDataset,
     ItemRecord,

@@ -11,9 +11,9 @@ import grpc
 
 from daemon.control.errors import streaming, unary
 from daemon.errors import BadArgumentError, NotFoundError
-from daemon.logstream import LEVELS, LogRecord
-from daemon.runs import delivery_summary
-from daemon.scheduler import ScheduleInfo
+from daemon.observability.logstream import LEVELS, LogRecord
+from daemon.replenishment.runs import delivery_summary
+from daemon.scheduling.scheduler import ScheduleInfo
 from daemon.store import outbox as outbox_store
 from daemon.store import runs as run_store
 from daemon.store.outbox import STATES as OUTBOX_STATES

@@ -28,9 +28,9 @@ from daemon.model import (
     Warehouse,
     deterministic_uuid,
 )
-from daemon.plan import DECISIONS, ReplenishmentPlan
-from daemon.planner import PlanningInputs, TargetInputs
 from daemon.ports import MoySkladPort, OneCPort, OpenTransferLine
+from daemon.replenishment.plan import DECISIONS, ReplenishmentPlan
+from daemon.replenishment.planner import PlanningInputs, TargetInputs
 from daemon.store.runs import PlanItemRow
 
 #: Marker every hub document carries (1C Комментарий, МойСклад description); the connectors

@@ -61,7 +61,7 @@ from typing import TypeVar, cast
 
 from daemon.errors import RunFailedError
 from daemon.model import EMPTY_GUID, Item, Norm, Product, Warehouse
-from daemon.plan import (
+from daemon.replenishment.plan import (
     EXTERNAL,
     NO_NORM,
     OK,
@@ -81,7 +81,7 @@ from daemon.plan import (
     TransferOrderPlan,
     UnmappedItem,
 )
-from daemon.planner_reasons import match_value
+from daemon.replenishment.reasons import match_value
 
 DEFAULT_MAX_POSITIONS = 1000
 

@@ -22,7 +22,7 @@ from daemon.store.database import Database
 from daemon.store.schedules import FAILED, SKIPPED, STARTED, SUCCEEDED
 
 if TYPE_CHECKING:
-    from daemon.scheduler import Launcher, LaunchResult
+    from daemon.scheduling.scheduler import Launcher, LaunchResult
 
 _log = structlog.get_logger(__name__)
 

@@ -1,10 +1,10 @@
 """Runs of jobs: single-flight per job, phases and counts, progress for watchers.
 
-A run of the ``replenishment`` job (its work is ``daemon.run_job``) gathers its inputs, plans,
-and stores its plan and one outbox row per document in ONE transaction, then wakes the outbox
-processor. A dry run stores the plan and touches no outbox. A failed read fails the run with a
-clear reason and enqueues nothing. Manual triggers and scheduled fires share the single-flight
-rule here.
+A run of the ``replenishment`` job (its work is ``daemon.replenishment.run_job``) gathers its
+inputs, plans, and stores its plan and one outbox row per document in ONE transaction, then
+wakes the outbox processor. A dry run stores the plan and touches no outbox. A failed read fails
+the run with a clear reason and enqueues nothing. Manual triggers and scheduled fires share the
+single-flight rule here.
 
 Single flight holds twice over. In memory, a trigger claims the job and creates the run's task
 before its first ``await``, so concurrent triggers find the claim and get the running run. In
@@ -31,7 +31,7 @@ import structlog
 from daemon.config import HubConfig
 from daemon.errors import DrainingError, HubError, NotFoundError, RunFailedError
 from daemon.ports import MoySkladPort, OneCPort
-from daemon.run_job import ReplenishmentJob, run_to_end
+from daemon.replenishment.run_job import ReplenishmentJob, run_to_end
 from daemon.store import Database
 from daemon.store import outbox as outbox_store
 from daemon.store import runs as run_store

@@ -28,7 +28,6 @@ from typing import Protocol
 import structlog
 from pydantic import ValidationError
 
-from daemon.backoff import full_jitter_delay
 from daemon.config import OutboxSection
 from daemon.errors import (
     ConnectorError,
@@ -43,7 +42,8 @@ from daemon.model import (
     Document,
     TransferOrderDocument,
 )
-from daemon.outbox_settle import OutcomeWriter, finish_write
+from daemon.outbox.backoff import full_jitter_delay
+from daemon.outbox.settle import OutcomeWriter, finish_write
 from daemon.store.database import Database
 from daemon.store.outbox import KIND_MOYSKLAD, KIND_ONEC
 from daemon.store.outbox_leases import (

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from daemon.logstream import LogHub, record_from_event
+from daemon.observability.logstream import LogHub, record_from_event
 
 REDACTED = "***"
 _SENSITIVE_KEYS = {"authorization", "password", "passwd", "token", "secret", "cookie", "api_key"}

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from daemon.model import EMPTY_GUID, Item, Norm, Product, Warehouse
-from daemon.planner_reasons import describe
+from daemon.replenishment.reasons import describe
 
 JsonDict = dict[str, Any]
 

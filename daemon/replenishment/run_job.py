@@ -1,10 +1,10 @@
 """The work of one replenishment run: read both systems, plan, store the plan with its documents.
 
-The run manager (``daemon.runs``) decides when a run starts and records how it ends; this
-module is what it runs. The plan items, the outbox rows (one per document) and the run's status
-'succeeded' are written in ONE transaction, which ``run_to_end`` lets finish even when the run
-is cancelled meanwhile (a shutdown), so a run either stored all of them or nothing. A dry run
-stores the plan and no outbox rows.
+The run manager (``daemon.replenishment.runs``) decides when a run starts and records how it
+ends; this module is what it runs. The plan items, the outbox rows (one per document) and the
+run's status 'succeeded' are written in ONE transaction, which ``run_to_end`` lets finish even
+when the run is cancelled meanwhile (a shutdown), so a run either stored all of them or nothing.
+A dry run stores the plan and no outbox rows.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import structlog
 from daemon.config import HubConfig
 from daemon.gcpause import collector_paused
 from daemon.model import CustomerOrderDocument, Document, TransferOrderDocument
-from daemon.plan import DECISIONS, NO_NORM, OK, TRANSFER, ReplenishmentPlan
-from daemon.planner import PlanningInputs, plan_replenishment, with_products
 from daemon.ports import MoySkladPort, OneCPort
-from daemon.replenishment import build_documents, gather_inputs, plan_item_rows
+from daemon.replenishment.inputs import build_documents, gather_inputs, plan_item_rows
+from daemon.replenishment.plan import DECISIONS, NO_NORM, OK, TRANSFER, ReplenishmentPlan
+from daemon.replenishment.planner import PlanningInputs, plan_replenishment, with_products
 from daemon.store import Database
 from daemon.store import outbox as outbox_store
 from daemon.store import runs as run_store

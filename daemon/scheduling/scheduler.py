@@ -38,11 +38,11 @@ from typing import Protocol
 
 import structlog
 
-from daemon.clock import Clock, SystemClock
 from daemon.config import JobSection
 from daemon.errors import ConfigError, DiskFullError, NotFoundError
-from daemon.fire_runs import PAUSED_DETAIL, FireRunner
-from daemon.firetimes import FireSchedule, to_unix
+from daemon.scheduling.clock import Clock, SystemClock
+from daemon.scheduling.fire_runs import PAUSED_DETAIL, FireRunner
+from daemon.scheduling.firetimes import FireSchedule, to_unix
 from daemon.store import schedules
 from daemon.store.database import Database
 from daemon.store.schedules import MISSED, SKIPPED, FireRecord

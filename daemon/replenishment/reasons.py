@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from daemon.model import Item
 
 if TYPE_CHECKING:  # plan.py imports this module to render ItemDecision.reason
-    from daemon.plan import Deficit, DonorTake, ItemDecision
+    from daemon.replenishment.plan import Deficit, DonorTake, ItemDecision
 
 NO_NORM_REASON = "no norm"
 
