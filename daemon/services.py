@@ -2,7 +2,9 @@
 
 ``HubServices.open`` is where the adapters are constructed (the connectors with their HTTP
 sessions, the run manager, the outbox processor, the scheduler); the gRPC servicer only talks to
-this object.
+this object, as the ``ControlledHub`` of ``daemon.control.ports``. What it reads from the
+daemon that owns it (``daemon.app.Hub``) is stated as ``Host`` below, so this module never
+imports ``daemon.app`` back.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import os
 import socket
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import structlog
 
 from daemon import __version__
-from daemon.config import HubConfig
+from daemon.config import HubConfig, Secrets
+from daemon.control.ports import StatusInfo
 from daemon.errors import DiskFullError, NotFoundError
 from daemon.model import CustomerOrderDocument, TransferOrderDocument
 from daemon.moysklad.connector import MoySkladConnector
-from daemon.observability.logstream import Follower, LogRecord
+from daemon.observability.logstream import Follower, LogHub, LogRecord
 from daemon.onec.connector import OneCConnector
 from daemon.outbox.processor import OutboxProcessor
 from daemon.ports import CheckResult
@@ -34,36 +37,45 @@ from daemon.store import Database
 from daemon.store import outbox as outbox_store
 from daemon.store import runs as run_store
 from daemon.store.runs import RunRecord
-from daemon.store.space import StorageStatus
-
-if TYPE_CHECKING:
-    from daemon.app import Hub
 
 _log = structlog.get_logger(__name__)
 
 _STALE_RETRY_S = 5.0
 
 
-@dataclass(frozen=True)
-class StatusInfo:
-    version: str
-    pid: int
-    started_at: float
-    uptime_s: float
-    config_path: str
-    database_path: str
-    socket_path: str
-    draining: bool
-    outbox_depth: dict[str, int]
-    last_runs: list[RunRecord]
-    connectors: dict[str, dict[str, str]]
-    storage: StorageStatus
+class Host(Protocol):
+    """What the services read from the daemon that owns them (``daemon.app.Hub``)."""
+
+    @property
+    def config(self) -> HubConfig:
+        """The current config (a reload replaces it)."""
+        ...
+
+    @property
+    def secrets(self) -> Secrets: ...
+
+    @property
+    def config_path(self) -> Path: ...
+
+    @property
+    def socket_path(self) -> Path: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def log_hub(self) -> LogHub: ...
+
+    async def reload(self, services: HubServices) -> tuple[bool, str, list[str]]: ...
 
 
 class HubServices:
     def __init__(
         self,
-        hub: Hub,
+        hub: Host,
         db: Database,
         onec: OneCConnector,
         moysklad: MoySkladConnector,
@@ -85,7 +97,7 @@ class HubServices:
         self._stale_runs: list[RunRecord] = []  # left running by an earlier hubd, disk full
 
     @classmethod
-    async def open(cls, hub: Hub, db: Database, stack: AsyncExitStack) -> HubServices:
+    async def open(cls, hub: Host, db: Database, stack: AsyncExitStack) -> HubServices:
         config = hub.config
         secrets = hub.secrets
         onec = await stack.enter_async_context(OneCConnector(config.onec, secrets.onec_password))
@@ -109,6 +121,10 @@ class HubServices:
     @property
     def config(self) -> HubConfig:
         return self.hub.config
+
+    @property
+    def log_hub(self) -> LogHub:
+        return self.hub.log_hub
 
     def start_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[Any]]:
         self.runs.attach(group)

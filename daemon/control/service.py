@@ -1,15 +1,16 @@
-"""The HubControl servicer: turns requests into calls on ``HubServices`` and results into
+"""The HubControl servicer: turns requests into calls on a ``ControlledHub`` and results into
 messages. Errors become status codes in ``daemon.control.errors`` only."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from daemon.control.errors import streaming, unary
+from daemon.control.ports import ControlledHub
 from daemon.errors import BadArgumentError, NotFoundError
 from daemon.observability.logstream import LEVELS, LogRecord
 from daemon.replenishment.runs import delivery_summary
@@ -21,9 +22,6 @@ from daemon.store.outbox import OutboxEntry
 from daemon.store.runs import PlanItemRecord, RunRecord
 from protos.hub.v1 import control_pb2 as pb
 from protos.hub.v1 import control_pb2_grpc
-
-if TYPE_CHECKING:
-    from daemon.services import HubServices
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -49,7 +47,7 @@ def log_event(record: LogRecord) -> pb.LogEvent:
 
 
 class HubControlService(control_pb2_grpc.HubControlServicer):
-    def __init__(self, services: HubServices) -> None:
+    def __init__(self, services: ControlledHub) -> None:
         self.services = services
         # A whole plan is built per GetRun (about 70 MB of objects for 20,000 items): a few
         # callers at once could otherwise take the daemon past its MemoryMax.
@@ -104,10 +102,10 @@ class HubControlService(control_pb2_grpc.HubControlServicer):
                 yield pb.LogBatch(events=[log_event(r) for r in history[start : start + 1000]])
             if not request.follow:
                 return
-            async for batch in self.services.hub.log_hub.follow_batches(follower):
+            async for batch in self.services.log_hub.follow_batches(follower):
                 yield pb.LogBatch(events=[log_event(r) for r in batch])
         finally:
-            self.services.hub.log_hub.unsubscribe(follower)
+            self.services.log_hub.unsubscribe(follower)
 
     # ---- runs -----------------------------------------------------------------------------
 

@@ -14,15 +14,74 @@ kept at its own minimum, all of its spare given, or spare rounded down to whole 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from daemon.model import Item
-
-if TYPE_CHECKING:  # plan.py imports this module to render ItemDecision.reason
-    from daemon.replenishment.plan import Deficit, DonorTake, ItemDecision
+from daemon.model import Item, Norm, Warehouse
 
 NO_NORM_REASON = "no norm"
+
+
+# The facts a sentence is worded from, as the plan's records (``daemon.replenishment.plan``)
+# carry them. Stated here, not imported: the plan imports this module to render
+# ``ItemDecision.reason``, and the dependency runs that one way only.
+
+
+class DonorFacts(Protocol):
+    """How one donor was consulted (``plan.DonorTake``)."""
+
+    @property
+    def warehouse(self) -> Warehouse: ...
+    @property
+    def free(self) -> Decimal: ...
+    @property
+    def minimum(self) -> Decimal: ...
+    @property
+    def spare(self) -> Decimal: ...
+    @property
+    def asked(self) -> Decimal: ...
+    @property
+    def take(self) -> Decimal: ...
+    @property
+    def taken_earlier(self) -> Decimal: ...
+
+
+class DeficitFacts(Protocol):
+    """How the need of an item below its minimum was covered (``plan.Deficit``)."""
+
+    @property
+    def target_level(self) -> Decimal: ...
+    @property
+    def need(self) -> Decimal: ...
+    @property
+    def need_rounded(self) -> Decimal: ...
+    @property
+    def package_size(self) -> Decimal | None: ...
+    @property
+    def donors(self) -> Sequence[DonorFacts]: ...
+    @property
+    def external(self) -> Decimal: ...
+    @property
+    def unmapped(self) -> Decimal: ...
+    @property
+    def match_key(self) -> str: ...
+
+
+class DecisionFacts(Protocol):
+    """What was decided for one item on one target, and from what (``plan.ItemDecision``)."""
+
+    @property
+    def item(self) -> Item: ...
+    @property
+    def norm(self) -> Norm | None: ...
+    @property
+    def target_free(self) -> Decimal: ...
+    @property
+    def incoming(self) -> Decimal: ...
+    @property
+    def deficit(self) -> DeficitFacts | None: ...
+
 
 _ZERO = Decimal(0)
 
@@ -48,7 +107,7 @@ def match_value(item: Item, match_key: str) -> str:
     return ""
 
 
-def describe(decision: ItemDecision) -> str:
+def describe(decision: DecisionFacts) -> str:
     """The reason sentence for one decision."""
     norm = decision.norm
     if norm is None:
@@ -69,7 +128,7 @@ def _packages(quantity: Decimal, package: Decimal) -> str:
     return f"{fmt(count)} {noun} of {fmt(package)}"
 
 
-def _need_clause(maximum: Decimal | None, deficit: Deficit) -> str:
+def _need_clause(maximum: Decimal | None, deficit: DeficitFacts) -> str:
     need, need_rounded, package = deficit.need, deficit.need_rounded, deficit.package_size
     clause = f"needs {fmt(need)}"
     if maximum is not None:
@@ -85,7 +144,7 @@ def _need_clause(maximum: Decimal | None, deficit: Deficit) -> str:
     return clause
 
 
-def _shortfall(donor: DonorTake, package: Decimal | None) -> str:
+def _shortfall(donor: DonorFacts, package: Decimal | None) -> str:
     """Why a donor that was asked gave less than asked."""
     name = donor.warehouse.name
     earlier = (
@@ -107,7 +166,7 @@ def _shortfall(donor: DonorTake, package: Decimal | None) -> str:
     return f"donor {name} gave all its spare {fmt(donor.spare)}{kept}{earlier}"
 
 
-def _deficit_reason(item: Item, maximum: Decimal | None, head: str, deficit: Deficit) -> str:
+def _deficit_reason(item: Item, maximum: Decimal | None, head: str, deficit: DeficitFacts) -> str:
     """What is needed, who gives what, who gives less than asked and why, and what goes to
     МойСклад or stays unmapped."""
     package = deficit.package_size

@@ -11,18 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import structlog
 
 from daemon.config import JobSection
 from daemon.errors import HubError
+from daemon.scheduling.launcher import Launcher, LaunchResult
 from daemon.store import schedules
 from daemon.store.database import Database
 from daemon.store.schedules import FAILED, SKIPPED, STARTED, SUCCEEDED
-
-if TYPE_CHECKING:
-    from daemon.scheduling.scheduler import Launcher, LaunchResult
 
 _log = structlog.get_logger(__name__)
 

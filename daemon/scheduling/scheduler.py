@@ -31,10 +31,9 @@ Policies, per job (``[jobs.NAME]`` in config.toml):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 import structlog
 
@@ -43,6 +42,7 @@ from daemon.errors import ConfigError, DiskFullError, NotFoundError
 from daemon.scheduling.clock import Clock, SystemClock
 from daemon.scheduling.fire_runs import PAUSED_DETAIL, FireRunner
 from daemon.scheduling.firetimes import FireSchedule, to_unix
+from daemon.scheduling.launcher import Launcher
 from daemon.store import schedules
 from daemon.store.database import Database
 from daemon.store.schedules import MISSED, SKIPPED, FireRecord
@@ -59,44 +59,6 @@ _MISSED = (
     "hubd was down, the machine slept or the clock jumped past it; only the latest fire "
     "within catch_up_window_s is caught up"
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# The launcher contract
-# ---------------------------------------------------------------------------------------------
-
-
-class LaunchedRun(Protocol):
-    """The run a launch started or found running. ``status`` is final once ``done`` is set."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def status(self) -> str:
-        """running | succeeded | failed"""
-        ...
-
-
-class LaunchResult(Protocol):
-    """What a launch got: a new run (``already_running`` false) or the one already going."""
-
-    @property
-    def run(self) -> LaunchedRun: ...
-
-    @property
-    def already_running(self) -> bool: ...
-
-    @property
-    def done(self) -> asyncio.Event:
-        """Set when that run has ended."""
-        ...
-
-
-class Launcher(Protocol):
-    """Starts a run of ``job`` unless one is running; trigger is "schedule" or "catch_up"."""
-
-    def __call__(self, job: str, trigger: str, fire_id: int | None) -> Awaitable[LaunchResult]: ...
 
 
 # ---------------------------------------------------------------------------------------------
