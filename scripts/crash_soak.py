@@ -36,7 +36,6 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 
 from daemon.sandbox.dataset import build_demo_dataset
@@ -150,11 +149,11 @@ class Closer:
         for order in self._onec.transfer_orders():
             # An unposted order has no register rows yet; once the hub posts it, a later pass
             # closes it.
+            # Written off, not shipped: shipping would move the goods to the target and the
+            # donors would soon have nothing left to send, so later lives would make no 1C
+            # documents at all.
             if order["Posted"] and order["Ref_Key"] not in self.closed_at:
-                for line in order["lines"]:
-                    self._onec.set_transfer_outstanding(
-                        order["Ref_Key"], line["item_key"], Decimal(0)
-                    )
+                self._onec.write_off_transfer(order["Ref_Key"])
                 self.closed_at[order["Ref_Key"]] = time.time()
         for ms_order in self._moysklad.orders():
             if ms_order["id"] not in self.closed_at:

@@ -457,3 +457,30 @@ async def test_mark_received_moves_stock_and_closes(
     order = box.transfer_orders()[0]
     assert order["status"] == "Закрыт" and order["Posted"] is True
     assert datetime.fromisoformat(order["Date"]) == datetime(2026, 3, 10, 9, 0)
+
+
+async def test_write_off_leaves_nothing_outstanding_and_moves_no_goods(
+    sandbox: tuple[OneCSandbox, Wire], dataset: DemoDataset
+) -> None:
+    """write_off_transfer (the crash soak's "closed early"): КОформлению 0 on every line,
+    ТоварыНаСкладах unchanged at both ends, so the same deficit can be ordered again."""
+    box, wire = sandbox
+    _, created = await wire.json("POST", ORDER, body=_order(dataset))
+    ref = created["Ref_Key"]
+    await wire.json(
+        "POST", f"{ORDER}(guid'{ref}')/Post", "$format=json&PostingModeOperational=false"
+    )
+    owed = balance(
+        "AccumulationRegister_ЗаказыНаПеремещение",
+        f"ЗаказНаПеремещение_Key eq guid'{ref}'",
+        "ЗаказНаПеремещение,Номенклатура",
+    )
+    stock = f"{STOCK}/Balance(Dimensions='Номенклатура,Склад')"
+    _, before = await wire.json("GET", stock)
+    _, payload = await wire.json("GET", owed)
+    assert payload["value"][0]["КОформлениюBalance"] == 5
+    box.write_off_transfer(ref)
+    _, payload = await wire.json("GET", owed)
+    assert all(row["КОформлениюBalance"] == 0 for row in payload["value"])
+    _, after = await wire.json("GET", stock)
+    assert after["value"] == before["value"]

@@ -82,6 +82,10 @@ class OneCSandbox:
         """All lines shipped and received: nothing outstanding, goods moved, status Закрыт."""
         self.orders.receive(ref_key)
 
+    def write_off_transfer(self, ref_key: str) -> None:
+        """Closed early: nothing outstanding on any line, and no goods moved."""
+        self.orders.write_off(ref_key)
+
     def set_transfer_outstanding(self, ref_key: str, item_key: str, quantity: Decimal) -> None:
         """Part of a line shipped: ``quantity`` of ``item_key`` is still outstanding."""
         self.orders.set_outstanding(ref_key, item_key, quantity)
