@@ -48,8 +48,11 @@ def status(channel: grpc.Channel, args: argparse.Namespace, out: Output) -> int:
         if circuit:
             colour = "green" if circuit == "closed" else "red"
             out.line(f"{connector.system} circuit breaker: {out.paint(circuit, colour)}")
+        note = details.pop("weight_note", "")
         shown = ", ".join(f"{k}={v}" for k, v in sorted(details.items()) if v)
         out.line(f"  {shown}")
+        if note:
+            out.line(f"  {out.paint(note, 'yellow')}")
     return EXIT_OK
 
 

@@ -255,17 +255,26 @@ class MoySkladConnector:
         )
         if limiter.server_remaining is not None:
             detail += f"; server X-RateLimit-Remaining {limiter.server_remaining}"
+        note = limiter.weight_note()
+        if note:
+            detail += f"; {note}, paced at {limiter.pace:.3g}"
         ok = limiter.paused_for_s == 0 and self._transport.circuit.state == "closed"
         return CheckResult(SYSTEM, "rate budget", ok, detail)
 
     def health(self) -> dict[str, str]:
-        """Circuit state (closed/open/half_open), why and until when; remaining rate budget."""
+        """Circuit state (closed/open/half_open), why and until when; remaining rate budget;
+        the weight МойСклад is seen to charge when it differs from the configured one."""
         limiter = self._transport.limiter
         weight = self._settings.request_weight
         view = self._transport.circuit.health()
         view.update(
             {
                 "rate_weight": str(weight),
+                "rate_weight_observed": ""
+                if limiter.observed_weight is None
+                else str(limiter.observed_weight),
+                "rate_pace": f"{limiter.pace:.3g}",
+                "weight_note": limiter.weight_note(),
                 "rate_remaining": str(limiter.remaining_requests(weight)),
                 "rate_limit": f"{self._settings.bucket_units // weight} requests per "
                 f"{self._settings.bucket_interval_ms} ms",

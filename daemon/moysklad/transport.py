@@ -11,8 +11,10 @@ Everything protocol-level lives here so that ``connector.py`` only speaks entiti
   per-connection request cap, so the session (and its connection pool) is replaced after that
   many requests and the old one is closed once its last request finishes;
 - the rate limiter and the circuit breaker are consulted around every request; 429s are
-  waited out and retried, idempotent reads are retried a few times on transient failures,
-  POSTs are never retried here (the outbox resends them with the same ``syncId``).
+  waited out and retried (they do not count toward the breaker: a 429 is the pace, not a
+  broken remote; the limiter keeps their number far from the provider's cut-off); idempotent
+  reads are retried a few times on transient failures; POSTs are never retried here (the
+  outbox resends them with the same ``syncId``).
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ class MoySkladTransport:
             capacity=settings.bucket_units,
             interval_s=settings.bucket_interval_ms / 1000,
             max_in_flight=settings.max_in_flight,
+            request_weight=settings.request_weight,
         )
         self.circuit = CircuitBreaker(
             threshold=settings.circuit_threshold,
@@ -245,14 +248,17 @@ class MoySkladTransport:
                 if 200 <= answer.status < 300:
                     self.circuit.record_success(probe)
                     return _decode(method, path, answer, convert)
+                if answer.status == 429 and throttled < settings.max_429_retries:
+                    # A rate limit is not a failure of the remote: the limiter is already
+                    # paused for the server's Retry-After and has slowed its pace, so this
+                    # is waited out without counting toward the breaker.
+                    throttled += 1
+                    self.circuit.release_probe(probe)
+                    continue
                 self.circuit.record_failure(
                     signature(method, path, answer.status, answer.code, "http"), probe
                 )
                 error = error_for_status(method, path, answer.status, answer.body)
-                if answer.status == 429 and throttled < settings.max_429_retries:
-                    # The limiter is already paused for the server's Retry-After.
-                    throttled += 1
-                    continue
                 retryable = type(error) is TransientError and answer.status != 429
                 if method == "GET" and retryable and read_failures < settings.read_retries:
                     read_failures += 1

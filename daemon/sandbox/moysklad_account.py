@@ -11,7 +11,7 @@ import binascii
 from collections.abc import Sequence
 from typing import Any
 
-from daemon.sandbox.moysklad_limits import BucketMode, UserLimits
+from daemon.sandbox.moysklad_limits import BucketMode, HeaderCounts, UserLimits
 from daemon.sandbox.moysklad_orders import Order, OrderBook, State
 from daemon.sandbox.moysklad_wire import (
     MEDIA_TYPE,
@@ -61,6 +61,11 @@ class MoySkladSandbox:
         self.drop_after_commit = 0
         self.plain_rate = 0.0
         self.weight = weight
+        # per-login weights set while running (МойСклад changes them by date and by credential)
+        self.weights: dict[str, int] = {}
+        self.remaining_counts: HeaderCounts = "requests"
+        # the next N requests find the budget drained, as if another program had spent it
+        self.drain_next = 0
         self.capacity = 45
         self.interval_ms = 3000
         self.bucket_mode: BucketMode = "smooth"
@@ -74,6 +79,7 @@ class MoySkladSandbox:
         self.count_401 = 0
         self.count_429 = 0
         self.count_1073 = 0
+        self.units_charged = 0
         self.faults_injected = 0
         self.drops = 0
         self.max_seen_in_flight = 0
@@ -178,6 +184,13 @@ class MoySkladSandbox:
                 ban_after=self.ban_after,
             )
         return self._limits[login]
+
+    def set_weight(self, weight: int, login: str | None = None) -> None:
+        """From now on, charge ``login`` (default: the first user) ``weight`` units a request."""
+        self.weights[login or next(iter(self._users))] = weight
+
+    def weight_for(self, login: str) -> int:
+        return self.weights.get(login, self.weight)
 
     def exhaust_budget(self, login: str | None = None) -> None:
         """Spend a user's whole bucket, as another program with the same user would."""

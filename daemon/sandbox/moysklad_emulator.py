@@ -13,9 +13,12 @@ meta href naming another host is refused with 400/1059.
 
 Knobs (attributes of ``MoySkladSandbox``): ``latency_s``, ``fault_rate`` (500/1999, 502 nginx
 HTML, 503/1074), ``drop_after_commit`` (the next N creating POSTs commit, then the connection
-drops), ``plain_rate`` (share of uncompressed answers), ``weight``, ``seed``, ``bucket_mode``,
-``unique_names``, ``ban_after``. Counters: ``request_count``, ``count_415``, ``count_401``,
-``count_429``, ``count_1073``, ``faults_injected``, ``drops``.
+drops), ``plain_rate`` (share of uncompressed answers), ``weight`` (``set_weight`` changes it
+per user while running), ``drain_next`` (the next N requests find the budget drained, so they
+get 429/1049), ``remaining_counts`` (rate headers in requests or units), ``seed``,
+``bucket_mode``, ``unique_names``, ``ban_after``. Counters: ``request_count``, ``count_415``,
+``count_401``, ``count_429``, ``count_1073``, ``units_charged``, ``faults_injected``,
+``drops``.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 - A bucket of ``capacity`` units over ``interval_ms``; each request debits its weight. It refills
   smoothly by default ("равномерно" in the docs); ``mode="window"`` switches to fixed windows,
   since which of the two the provider uses is not documented.
-- Every answer carries the five rate headers (milliseconds; values in requests at the weight of
-  the request). When exhausted: 429/1049 with ``X-Lognex-Retry-After`` > 0.
+- Every answer carries the five rate headers (milliseconds). ``X-RateLimit-Limit`` and
+  ``-Remaining`` count requests at the weight of the request (``counts="requests"``, what the
+  reference claims, unverified) or bucket units (``counts="units"``): the hub must cope with
+  both. When exhausted: 429/1049 with ``X-Lognex-Retry-After`` > 0.
 - More than 5 requests in flight per user, or 20 per account: 429/1073 (not in the headers).
 - More than ``ban_after`` 429s, or identical failing requests, within a minute: the user's API
   access is switched off for the rest of the run, as the provider does.
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from typing import Literal
 
 BucketMode = Literal["smooth", "window"]
+HeaderCounts = Literal["requests", "units"]
 
 
 class Bucket:
@@ -72,11 +75,14 @@ class Bucket:
             return math.ceil((self.capacity - self.tokens) / self._rate * 1000)
         return max(0, math.ceil((self._stamp + self.interval_s - now) * 1000))
 
-    def headers(self, weight: int, retry_after_ms: int) -> dict[str, str]:
+    def headers(
+        self, weight: int, retry_after_ms: int, counts: HeaderCounts = "requests"
+    ) -> dict[str, str]:
         self._refill()
+        per = weight if counts == "requests" else 1
         return {
-            "X-RateLimit-Limit": str(int(self.capacity // weight)),
-            "X-RateLimit-Remaining": str(max(0, math.floor(self.tokens / weight))),
+            "X-RateLimit-Limit": str(int(self.capacity // per)),
+            "X-RateLimit-Remaining": str(max(0, math.floor(self.tokens / per))),
             "X-Lognex-Retry-TimeInterval": str(round(self.interval_s * 1000)),
             "X-Lognex-Reset": str(self.full_in_ms() if retry_after_ms else 0),
             "X-Lognex-Retry-After": str(retry_after_ms),

@@ -69,26 +69,30 @@ async def protocol(request: web.Request, handler: Handler) -> web.StreamResponse
     if not _accepts_gzip(request):
         sandbox.count_415 += 1
         return web.Response(status=415)
-    weight = sandbox.weight
     login = sandbox.authenticate(request.headers.get("Authorization", ""))
     if login is None:
         sandbox.count_401 += 1
         headers = {"X-Lognex-Auth": "-1", "X-Lognex-Auth-Message": AUTH_TEXT}
         return error_answer(request, ApiError(401, 1056, AUTH_TEXT), headers)
     limits = sandbox.limits(login)
+    weight = sandbox.weight_for(login)
+    counts = sandbox.remaining_counts
     if limits.banned:
         error = ApiError(403, 1061, "Доступ к API для пользователя отключён")
-        return error_answer(request, error, limits.bucket.headers(weight, 0))
+        return error_answer(request, error, limits.bucket.headers(weight, 0, counts))
     accept = request.headers.get("Accept", "*/*").replace(" ", "").lower()
     if accept not in ACCEPTED:
         error = ApiError(415, 1062, f"Неверное значение заголовка 'Accept': {accept}")
-        return error_answer(request, error, limits.bucket.headers(weight, 0))
+        return error_answer(request, error, limits.bucket.headers(weight, 0, counts))
     if not sandbox.enter(limits):
         sandbox.count_1073 += 1
         limits.note_429()
         error = ApiError(429, 1073, "Превышено ограничение на одновременное количество запросов")
-        return error_answer(request, error, limits.bucket.headers(weight, 0))
+        return error_answer(request, error, limits.bucket.headers(weight, 0, counts))
     try:
+        if sandbox.drain_next > 0:
+            sandbox.drain_next -= 1
+            limits.bucket.drain()
         retry_after = limits.bucket.try_debit(weight)
         if retry_after:
             sandbox.count_429 += 1
@@ -96,13 +100,14 @@ async def protocol(request: web.Request, handler: Handler) -> web.StreamResponse
             error = ApiError(
                 429, 1049, "Превышено ограничение на количество запросов в единицу времени"
             )
-            return error_answer(request, error, limits.bucket.headers(weight, retry_after))
+            return error_answer(request, error, limits.bucket.headers(weight, retry_after, counts))
+        sandbox.units_charged += weight
         if sandbox.latency_s > 0:
             await asyncio.sleep(sandbox.latency_s)
         response = await _handle(request, handler, sandbox)
         if response.status >= 400:
             limits.note_failure(f"{request.method} {request.path} {response.status}")
-        response.headers.update(limits.bucket.headers(weight, 0))
+        response.headers.update(limits.bucket.headers(weight, 0, counts))
         return response
     finally:
         sandbox.leave(limits)
