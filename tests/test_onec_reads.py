@@ -11,9 +11,10 @@ from urllib.parse import unquote
 
 import pytest
 
-from daemon.errors import PermanentError, TransientError
+from daemon.errors import OutcomeUnknownError, PermanentError, TransientError
 from daemon.model import EMPTY_GUID
 from daemon.onec.connector import OneCConnector
+from daemon.onec.transport import classify
 from daemon.sandbox.dataset import DemoDataset, WarehouseRecord, build_demo_dataset
 from daemon.sandbox.onec_emulator import PREFIX, OneCSandbox
 from tests.onec_support import connected
@@ -184,6 +185,42 @@ async def test_retries_ride_out_faults(dataset: DemoDataset) -> None:
     assert items == clean
     faults = {k for k in box.requests_by_kind if k.startswith("fault_")}
     assert faults == {"fault_500", "fault_502", "fault_timeout"}
+
+
+async def test_a_read_survives_1c_internal_errors(dataset: DemoDataset) -> None:
+    """GETs answered 500 with 1C's generic code -1 (a restart, a lock) are retried and succeed."""
+    box = OneCSandbox(dataset)
+    async with connected(box, read_attempts=4) as onec:
+        await onec.load_metadata()
+        clean = await onec.read_items()
+        box.reset_counters()
+        box.internal_error_gets = 3
+        items = await onec.read_items()
+    assert items == clean
+    assert box.requests_by_kind["fault_internal_error"] == 3 and box.internal_error_gets == 0
+
+
+async def test_internal_errors_past_the_budget_are_transient(dataset: DemoDataset) -> None:
+    """500 code -1 on every try gives up after read_attempts with a TransientError naming it."""
+    box = OneCSandbox(dataset)
+    async with connected(box, read_attempts=2) as onec:
+        await onec.load_metadata()
+        box.internal_error_gets = 100
+        sent = onec.request_count
+        with pytest.raises(TransientError) as caught:
+            await onec.resolve_warehouses(NAMES)
+        assert onec.request_count - sent == 2
+    assert (caught.value.status, caught.value.code) == (500, "-1")
+
+
+async def test_a_500_with_another_code_is_a_permanent_read_error() -> None:
+    """A 500 whose odata.error names another code is a refusal: permanent, not retried."""
+    body = b'{"odata.error":{"code":"3","message":{"lang":"ru","value":"refused"}}}'
+    error = classify(500, body, what="stock balance", unsafe=False, user="hub")
+    assert isinstance(error, PermanentError) and error.code == "3"
+    generic = b'{"odata.error":{"code":"-1","message":{"lang":"ru","value":"x"}}}'
+    write = classify(500, generic, what="a transfer order", unsafe=True, user="hub")
+    assert isinstance(write, PermanentError) and not isinstance(write, OutcomeUnknownError)
 
 
 async def test_retries_are_bounded(dataset: DemoDataset) -> None:

@@ -13,8 +13,11 @@
 * HTTP failures become ``daemon.errors`` classes here and nowhere else: 401/403/404/400, a 500
   *with* ``odata.error`` (a refusal by 1C itself: posting check, handler) are permanent;
   timeouts, connection errors, 429, 502/503/504 and a 500 without ``odata.error`` (a cold or
-  crashed worker) are transient. IIS's own refusals of a URL too long (HTTP.sys 400 «Invalid
-  URL», request filtering 404.15) name the setting that keeps URLs short.
+  crashed worker) are transient. A *read* answered 500 with the generic code -1 («Произошла
+  внутренняя ошибка OData сервиса», also what 1C says while it restarts or hits a lock) is
+  transient too: a GET has no side effect. A write answered so stays permanent: it is never
+  sent blind again (the outbox decides about writes). IIS's own refusals of a URL too long
+  (HTTP.sys 400 «Invalid URL», request filtering 404.15) name the setting that keeps URLs short.
 * The password lives only in the prepared ``Authorization`` header, never in a message or log.
 """
 
@@ -50,6 +53,8 @@ log = structlog.get_logger(__name__)
 R = TypeVar("R")
 
 _TRANSIENT_STATUS = {429, 502, 503, 504}
+# 1C's generic internal error: for a read, a blip (restart, lock), not a refusal.
+GENERIC_ERROR_CODE = "-1"
 # Slot priorities (lowest first; see the module docstring).
 OPENING, AHEAD, FOLLOW_UP = 0, 1, 2
 
@@ -263,6 +268,9 @@ def classify(status: int, body: bytes, *, what: str, unsafe: bool, user: str) ->
     elif status in _TRANSIENT_STATUS or (status >= 500 and code is None):
         cls = OutcomeUnknownError if unsafe else TransientError
         text = f"1C answered {what} with HTTP {status}"
+    elif status == 500 and code == GENERIC_ERROR_CODE and not unsafe:
+        cls = TransientError
+        text = f"1C answered {what} with its internal error (HTTP 500, code -1)"
     elif code is None and status == 400 and b"Invalid URL" in body[:2000]:
         text = (
             f"the web server refused the URL of {what} (HTTP.sys «Invalid URL»: is a path "

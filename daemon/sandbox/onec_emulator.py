@@ -57,6 +57,13 @@ from daemon.sandbox.onec_wire import (
 )
 
 PREFIX = "/ut11/odata/standard.odata/"
+# What 1C answers while it restarts or waits on a lock (the ``internal_error_gets`` knob).
+INTERNAL_ERROR = ODataFault(
+    500,
+    "-1",
+    "Произошла внутренняя ошибка OData сервиса. "
+    "Дополнительные сведения можно найти в технологическом журнале.",
+)
 __all__ = ["PREFIX", "OneCSandbox", "make_onec_app", "run_onec_sandbox"]
 
 
@@ -97,6 +104,10 @@ class _Handler:
                 if fault == "502":
                     text = "<html><body><h1>502 Bad Gateway</h1></body></html>"
                 return web.Response(status=int(fault), text=text, content_type="text/html")
+            if request.method == "GET" and box.internal_error_gets > 0:
+                box.internal_error_gets -= 1
+                box.requests_by_kind["fault_internal_error"] += 1
+                return error_response(INTERNAL_ERROR, True)
             if not self._authorized(request):
                 box.requests_by_kind["unauthorized"] += 1
                 return web.Response(

@@ -38,6 +38,7 @@ class OneCSandbox:
         self.fault_rate = 0.0  # probability of a random 500/502/hang on any request
         self.hang_s = 2.0  # how long a "timeout" fault holds the request before dropping it
         self.drop_after_commit = 0  # the next N creating POSTs commit, then drop the connection
+        self.internal_error_gets = 0  # the next N GETs get 500 code -1 (1C restarting, a lock)
         self.cold_start_s = 0.0  # the first request waits this long (1C starting a session)
         self.unpublished: set[str] = set()  # entity sets left out of the OData composition
         # How Balance(Condition='…') is read: "guide" (inner quotes as they are), "doubled"
